@@ -1,0 +1,1 @@
+"""ktrdr: trading research data layer; knows IB only through ExternalDataProvider."""
