@@ -96,7 +96,8 @@ def duration_seconds(duration: str) -> int:
 
 def duration_allowed(bar_size: str, duration: str) -> bool:
     """Whether IB accepts ``duration`` for ``bar_size`` in one request."""
-    return duration_seconds(duration) <= duration_seconds(MAX_DURATION[normalize_bar_size(bar_size)])
+    longest = MAX_DURATION[normalize_bar_size(bar_size)]
+    return duration_seconds(duration) <= duration_seconds(longest)
 
 
 def is_daily_or_longer(bar_size: str) -> bool:

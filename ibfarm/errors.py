@@ -145,6 +145,8 @@ TEXT_RULES: tuple[Rule, ...] = (
          "query cancelled", source=HMDS_162),
     Rule(162, K.INVALID_REQUEST, "invalid step: too many bars for the duration and bar size",
          "invalid step", source=HMDS_162),
+    Rule(162, K.INVALID_REQUEST, "Time length exceed max.: the duration is longer than the bar "
+         "size allows", "time length exceed", source=HMDS_162),
     Rule(162, K.RETRYABLE, "Trading TWS session is connected from a different IP address",
          "different ip address", source=HMDS_162),
     Rule(322, K.TOO_MANY_REQUESTS, "Only 50 simultaneous API historical data requests allowed.",

@@ -1,0 +1,117 @@
+"""Each fault knob of the simulated gateway, seen from a real client."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from ib_insync import IB, RequestError, Stock
+
+from ibfarm.sim import SimGateway
+from tests.conftest import NOW
+from tests.sim.rawclient import RawClient
+from tests.sim.test_rules import answer, bar_request
+
+AAPL = Stock("AAPL", "SMART", "USD")
+
+
+def connect(gw: SimGateway, client_id: int = 1) -> IB:
+    ib = IB()
+    ib.RaiseRequestErrors = True
+    ib.connect("127.0.0.1", gw.port, clientId=client_id, timeout=10)
+    return ib
+
+
+def test_latency_base_and_per_bar():
+    with SimGateway(port=0, now=lambda: NOW, pacing="off", latency=0.2,
+                    latency_per_bar=0.001) as gw:
+        ib = connect(gw)
+        started = time.monotonic()
+        bars = ib.reqHistoricalData(AAPL, NOW, "1 D", "1 min", "TRADES", True, 2)
+        elapsed = time.monotonic() - started
+        ib.disconnect()
+    assert len(bars) == 390
+    assert elapsed >= 0.2 + 0.39
+
+
+def test_stalled_symbol_is_never_answered():
+    with SimGateway(port=0, now=lambda: NOW, pacing="off", stall_symbols=["MSFT"]) as gw:
+        ib = connect(gw)
+        bars = ib.reqHistoricalData(Stock("MSFT", "SMART", "USD"), NOW, "1 D", "1 hour",
+                                    "TRADES", True, 2, timeout=0.5)
+        assert len(bars) == 0  # ib_insync gave up and cancelled
+        assert len(ib.reqHistoricalData(AAPL, NOW, "1 D", "1 hour", "TRADES", True, 2)) == 7
+        ib.disconnect()
+        assert gw.stats()["requests"]["cancel_historical"] == 1
+
+
+def test_drop_after_n_requests():
+    with SimGateway(port=0, now=lambda: NOW, pacing="off", drop_after=2) as gw:
+        c = RawClient(gw.port)
+        for i in (1, 2):
+            c.send(*bar_request(i, bar="1 hour", duration="1 D"))
+            assert answer(c, i)[0] == "bars"
+        c.send(*bar_request(3, bar="1 hour", duration="1 D"))
+        assert c.read() is None  # dropped
+        assert gw.stats()["dropped"] == 1
+
+
+def test_random_drops_follow_the_seed():
+    def run() -> list[bool]:
+        outcome = []
+        with SimGateway(port=0, now=lambda: NOW, pacing="off", drop_rate=0.5,
+                        fault_seed=42) as gw:
+            for i in range(6):
+                c = RawClient(gw.port, client_id=i)
+                c.send(*bar_request(i, bar="1 hour", duration="1 D"))
+                outcome.append(c.read_until("17") is None)
+                c.close()
+        return outcome
+
+    first = run()
+    assert first == run()
+    assert any(first) and not all(first)
+
+
+def test_restart_drops_everyone_and_comes_back():
+    with SimGateway(port=0, now=lambda: NOW, pacing="off") as gw:
+        ib = connect(gw)
+        port = gw.port
+        gw.restart(down_for=0.3)
+        with pytest.raises(ConnectionError):
+            ib.sleep(0.2)  # ib_insync surfaces the dropped socket here
+        assert not ib.isConnected()
+        assert gw.port == port
+        ib2 = connect(gw, client_id=1)  # the id was freed by the drop
+        assert len(ib2.reqHistoricalData(AAPL, NOW, "1 D", "1 hour", "TRADES", True, 2)) == 7
+        ib2.disconnect()
+        assert gw.stats()["connections_total"] == 2
+
+
+def test_hmds_outage_sends_2105_then_2106():
+    with SimGateway(port=0, now=lambda: NOW, pacing="off") as gw:
+        ib = connect(gw)
+        notices = []
+        ib.errorEvent += lambda req_id, code, text, contract: notices.append(code)
+        gw.hmds_outage(0.5)
+        ib.sleep(0.1)
+        assert 2105 in notices
+        with pytest.raises(RequestError) as err:
+            ib.reqHistoricalData(AAPL, NOW, "1 D", "1 hour", "TRADES", True, 2)
+        assert err.value.code == 162 and "broken" in err.value.message
+        ib.sleep(0.6)
+        assert 2106 in notices
+        assert len(ib.reqHistoricalData(AAPL, NOW, "1 D", "1 hour", "TRADES", True, 2)) == 7
+        ib.disconnect()
+
+
+def test_stats_per_client(open_gateway):
+    ib = connect(open_gateway, client_id=9)
+    ib.reqHistoricalData(AAPL, NOW, "1 D", "1 min", "TRADES", True, 2)
+    ib.disconnect()
+    stats = open_gateway.stats()
+    assert stats["bars_sent"] == 390
+    assert stats["per_client"][9]["bars"] == 390
+    assert stats["per_client"][9]["connections"] == 1
+    assert stats["requests"]["historical"] == 1
+    assert stats["cpu_seconds"] > 0

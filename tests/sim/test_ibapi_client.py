@@ -1,0 +1,118 @@
+"""The official IB client (``ibapi``), unmodified, against the simulated gateway over TCP."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from ibapi.client import EClient
+from ibapi.contract import Contract
+from ibapi.wrapper import EWrapper
+
+from tests.conftest import NOW
+
+
+class Recorder(EWrapper, EClient):
+    """Collects callbacks per request id; each request ends in an Event."""
+
+    def __init__(self) -> None:
+        EWrapper.__init__(self)
+        EClient.__init__(self, wrapper=self)
+        self.ready = threading.Event()
+        self.done: dict[int, threading.Event] = {}
+        self.rows: dict[int, list] = {}
+        self.errors: dict[int, list[tuple[int, str]]] = {}
+
+    def expect(self, req_id: int) -> threading.Event:
+        self.rows[req_id] = []
+        self.done[req_id] = threading.Event()
+        return self.done[req_id]
+
+    def nextValidId(self, orderId: int) -> None:  # noqa: N802,N803 (ibapi's names)
+        self.ready.set()
+
+    def error(self, reqId, errorTime, errorCode, errorString, advancedOrderRejectJson=""):  # noqa: N803
+        self.errors.setdefault(reqId, []).append((errorCode, errorString))
+        if reqId in self.done and errorCode < 2100:
+            self.done[reqId].set()
+
+    def contractDetails(self, reqId, contractDetails):  # noqa: N802,N803
+        self.rows[reqId].append(contractDetails)
+
+    def contractDetailsEnd(self, reqId):  # noqa: N802,N803
+        self.done[reqId].set()
+
+    def historicalData(self, reqId, bar):  # noqa: N802,N803
+        self.rows[reqId].append(bar)
+
+    def historicalDataEnd(self, reqId, start, end):  # noqa: N802,N803
+        self.done[reqId].set()
+
+    def headTimestamp(self, reqId, headTimestamp):  # noqa: N802,N803
+        self.rows[reqId].append(headTimestamp)
+        self.done[reqId].set()
+
+
+@pytest.fixture
+def app(open_gateway):
+    client = Recorder()
+    client.connect("127.0.0.1", open_gateway.port, clientId=11)
+    thread = threading.Thread(target=client.run, daemon=True)
+    thread.start()
+    assert client.ready.wait(10), "no nextValidId from the gateway"
+    yield client
+    client.disconnect()
+    thread.join(10)
+
+
+def stock(symbol: str) -> Contract:
+    c = Contract()
+    c.symbol, c.secType, c.exchange, c.currency = symbol, "STK", "SMART", "USD"
+    return c
+
+
+def test_negotiates_176(app):
+    assert app.serverVersion() == 176
+
+
+def test_contract_details(app):
+    done = app.expect(1)
+    app.reqContractDetails(1, stock("NVDA"))
+    assert done.wait(10)
+    (details,) = app.rows[1]
+    assert details.contract.conId == 4815747 and details.timeZoneId == "US/Eastern"
+    assert "CLOSED" in details.tradingHours
+
+
+def test_historical_bars_match_model(app, open_gateway):
+    done = app.expect(2)
+    app.reqHistoricalData(2, stock("AMZN"), NOW.strftime("%Y%m%d %H:%M:%S UTC"), "1 D",
+                          "5 mins", "TRADES", 1, 2, False, [])
+    assert done.wait(10)
+    bars = app.rows[2]
+    inst = open_gateway.market.resolve(symbol="AMZN", sec_type="STK")[0]
+    expected = open_gateway.market.bars(inst, "5 mins", NOW - timedelta(days=1), NOW, True,
+                                        "TRADES")
+    assert [int(b.date) for b in bars] == expected.time.tolist()
+    assert [b.close for b in bars] == expected.close.tolist()
+    assert [float(b.volume) for b in bars] == expected.volume.tolist()
+
+
+def test_errors_arrive_with_codes(app):
+    done = app.expect(3)
+    app.reqHistoricalData(3, stock("ZZZZ"), "", "1 D", "1 min", "TRADES", 1, 2, False, [])
+    assert done.wait(10)
+    assert app.errors[3][0][0] == 200
+    done = app.expect(4)
+    app.reqHistoricalData(4, stock("AAPL"), "", "1 D", "9 mins", "TRADES", 1, 2, False, [])
+    assert done.wait(10)
+    assert app.errors[4][0][0] == 321
+
+
+def test_head_timestamp(app):
+    done = app.expect(5)
+    app.reqHeadTimeStamp(5, stock("GOOGL"), "TRADES", 1, 2)
+    assert done.wait(10)
+    head = datetime.fromtimestamp(int(app.rows[5][0]), timezone.utc)
+    assert head.year == 2004
