@@ -32,10 +32,11 @@ BAR_SIZE_ALIASES = {"1W": "1 week", "1M": "1 month", "1 sec": "1 secs", "1 mins"
 #: Nominal seconds per duration unit (months and years as IB's step table treats them).
 DURATION_UNITS = {"S": 1, "D": 86400, "W": 7 * 86400, "M": 31 * 86400, "Y": 366 * 86400}
 
-#: Longest duration IB answers per bar size (official step table).
+#: Longest duration IB answers per bar size: IB's official step table, except that minute bars
+#: go to a week (IB serves them; QuantConnect's Lean pages 1-minute bars a week at a time).
 MAX_DURATION: dict[str, str] = {
     "1 secs": "1800 S", "5 secs": "3600 S", "10 secs": "14400 S", "15 secs": "14400 S",
-    "30 secs": "28800 S", "1 min": "1 D", "2 mins": "2 D", "3 mins": "1 W", "5 mins": "1 W",
+    "30 secs": "28800 S", "1 min": "1 W", "2 mins": "1 W", "3 mins": "1 W", "5 mins": "1 W",
     "10 mins": "1 W", "15 mins": "1 W", "20 mins": "1 W", "30 mins": "1 M", "1 hour": "1 M",
     "2 hours": "1 M", "3 hours": "1 M", "4 hours": "1 M", "8 hours": "1 M", "1 day": "1 Y",
     "1 week": "1 Y", "1 month": "1 Y",

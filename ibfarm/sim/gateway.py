@@ -289,6 +289,8 @@ class SimGateway:
         self._stats.connections_total += 1
         try:
             await session.run()
+        except asyncio.CancelledError:
+            pass  # the gateway is stopping; asyncio's stream callback must not see this
         finally:
             self._sessions.discard(session)
             if session.client_id is not None and self._client_ids.get(session.client_id) is session:
