@@ -37,6 +37,8 @@ def gateway(
     latency_per_bar: float = typer.Option(0.0, help="Extra seconds per bar in an answer."),
     stall_symbol: list[str] = typer.Option(  # noqa: B008 (typer reads defaults once)
         [], help="Never answer bars for this symbol."),
+    no_permission_symbol: list[str] = typer.Option(  # noqa: B008
+        [], help="Answer bars for this symbol with 162 'No market data permissions'."),
     drop_after: int | None = typer.Option(None, help="Drop a connection after N bar requests."),
     drop_rate: float = typer.Option(0.0, help="Probability a bar request drops its connection."),
     fault_seed: int = typer.Option(0, help="Seed of the random faults."),
@@ -61,6 +63,7 @@ def gateway(
             return fixed
     gw = SimGateway(port, host, seed=seed, pacing=policy, latency=latency,
                     latency_per_bar=latency_per_bar, stall_symbols=stall_symbol,
+                    no_permission_symbols=no_permission_symbol,
                     drop_after=drop_after, drop_rate=drop_rate, fault_seed=fault_seed, now=clock)
     gw.start()
     typer.echo(f"simulated IB Gateway on {host}:{gw.port} (pacing: {pacing}, x{pacing_scale})")

@@ -39,6 +39,12 @@ AMBIGUOUS = "The contract description specified for {} is ambiguous."
 RATE_EXCEEDED = "Max rate of messages per second has been exceeded:max={} rec={} (543)"
 PARSE_ERROR = "Error reading request:Message type -1.  Unable to parse data. {}"
 NOT_FOUND_366 = "No historical data query found for ticker id:{}"
+NO_PERMISSION = hmds.HMDS_PREFIX + "No market data permissions for {} {}"
+CONNECTIVITY = {
+    1100: "Connectivity between IB and Trader Workstation has been lost.",
+    1101: "Connectivity between IB and Trader Workstation has been restored - data lost.",
+    1102: "Connectivity between IB and Trader Workstation has been restored - data maintained.",
+}
 FARM_NOTICES = (
     (2104, "Market data farm connection is OK:usfarm"),
     (2106, "HMDS data farm connection is OK:ushmds"),
@@ -77,6 +83,8 @@ class SimGateway:
         latency: seconds before each historical answer.
         latency_per_bar: extra seconds per bar in an answer.
         stall_symbols: historical requests for these symbols are never answered.
+        no_permission_symbols: historical requests for these symbols get 162 "No market data
+            permissions" (an account without the subscription).
         drop_after: drop a connection when it sends its Nth+1 historical request.
         drop_rate: probability that a historical request drops its connection.
         fault_seed: seed of the random faults.
@@ -98,6 +106,7 @@ class SimGateway:
         latency: float = 0.0,
         latency_per_bar: float = 0.0,
         stall_symbols: Iterable[str] = (),
+        no_permission_symbols: Iterable[str] = (),
         drop_after: int | None = None,
         drop_rate: float = 0.0,
         fault_seed: int = 0,
@@ -114,6 +123,7 @@ class SimGateway:
         self.latency = latency
         self.latency_per_bar = latency_per_bar
         self.stall_symbols = set(stall_symbols)
+        self.no_permission_symbols = set(no_permission_symbols)
         self.drop_after = drop_after
         self.drop_rate = drop_rate
         self.time_zone = time_zone
@@ -127,6 +137,8 @@ class SimGateway:
         self._client_ids: dict[int, _Session] = {}
         self._stall_next = 0
         self._hmds_down = False
+        self._ib_up: asyncio.Event | None = None  # cleared while IB's connectivity is lost
+        self._generation = 0  # bumped when connectivity returns with data lost
         self._next_order_id = 1
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -203,6 +215,11 @@ class SimGateway:
         """Historical-farm outage: 2105 now, historical requests fail, 2106 after ``duration``."""
         self._call(self._begin_outage, duration)
 
+    def connectivity_outage(self, duration: float, data_lost: bool = True) -> None:
+        """IB's servers unreachable: 1100 now; answers wait; after ``duration`` 1101 (requests
+        in flight are lost and never answered) or 1102 (they are answered)."""
+        self._call(self._begin_connectivity_outage, duration, data_lost)
+
     def stall_next(self, count: int = 1) -> None:
         """Leave the next ``count`` historical requests unanswered."""
         def bump() -> None:
@@ -222,6 +239,9 @@ class SimGateway:
 
     # ----------------------------------------------------------------- loop-side helpers
     async def _bind(self) -> None:
+        if self._ib_up is None:
+            self._ib_up = asyncio.Event()
+            self._ib_up.set()
         self._server = await asyncio.start_server(self._accept, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -255,6 +275,18 @@ class SimGateway:
         def end() -> None:
             self._hmds_down = False
             self._broadcast(2106, "HMDS data farm connection is OK:ushmds")
+        asyncio.get_running_loop().call_later(duration, end)
+
+    def _begin_connectivity_outage(self, duration: float, data_lost: bool) -> None:
+        self._ib_up.clear()
+        self._broadcast(1100, CONNECTIVITY[1100])
+
+        def end() -> None:
+            if data_lost:
+                self._generation += 1
+            self._ib_up.set()
+            code = 1101 if data_lost else 1102
+            self._broadcast(code, CONNECTIVITY[code])
         asyncio.get_running_loop().call_later(duration, end)
 
     def _broadcast(self, code: int, text: str) -> None:
@@ -582,10 +614,14 @@ class _Session:
             return None
         if self.gw._hmds_down:
             return self.error(q.req_id, 162, hmds.FARM_DOWN)
+        if self.gw.no_permission_symbols & {inst.symbol, inst.local_symbol}:
+            exchange = inst.primary_exchange or inst.exchange
+            return self.error(q.req_id, 162, NO_PERMISSION.format(exchange, inst.sec_type))
         return inst, hmds.range_start(end, q.duration), end
 
     async def _serve(self, q: hmds.BarQuery, inst: Instrument, start: datetime, end: datetime):
         gw = self.gw
+        generation = gw._generation
         stalled = {inst.symbol, inst.local_symbol, q.contract["symbol"]} & gw.stall_symbols
         if gw._stall_next > 0 or stalled:
             gw._stall_next = max(0, gw._stall_next - 1)
@@ -603,6 +639,9 @@ class _Session:
         delay = gw.latency + gw.latency_per_bar * count
         if delay > 0:
             await asyncio.sleep(delay)
+        await gw._ib_up.wait()
+        if generation != gw._generation:
+            return  # lost in a connectivity outage (1101): IB never answers it
         if count == 0:
             self.error(q.req_id, 162, hmds.NO_DATA.format(
                 inst.local_symbol, q.contract["exchange"] or inst.exchange, q.what_to_show.title()))

@@ -115,3 +115,36 @@ def test_stats_per_client(open_gateway):
     assert stats["per_client"][9]["connections"] == 1
     assert stats["requests"]["historical"] == 1
     assert stats["cpu_seconds"] > 0
+
+
+def test_no_permission_symbol():
+    with SimGateway(port=0, now=lambda: NOW, pacing="off", no_permission_symbols=["IBM"]) as gw:
+        ib = connect(gw)
+        with pytest.raises(RequestError) as err:
+            ib.reqHistoricalData(Stock("IBM", "SMART", "USD"), NOW, "1 D", "1 hour", "TRADES",
+                                 True, 2)
+        assert err.value.code == 162
+        assert "No market data permissions for NYSE STK" in err.value.message
+        ib.disconnect()
+
+
+@pytest.mark.parametrize("data_lost, answered", [(True, False), (False, True)])
+def test_connectivity_outage(data_lost, answered):
+    with SimGateway(port=0, now=lambda: NOW, pacing="off") as gw:
+        c = RawClient(gw.port)
+        gw.connectivity_outage(0.3, data_lost=data_lost)
+        c.send(*bar_request(1, bar="1 hour", duration="1 D"))
+        codes = []
+        got_bars = False
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and len(codes) < 2:
+            fields = c.read()
+            if fields[0] == "4" and fields[2] == "-1" and fields[3] in ("1100", "1101", "1102"):
+                codes.append(fields[3])
+            elif fields[0] == "17":
+                got_bars = True
+        assert codes == ["1100", "1101" if data_lost else "1102"]
+        c.sock.settimeout(0.3)
+        got_bars = got_bars or c.read_until("17") is not None
+        assert got_bars is answered
+        c.close()
