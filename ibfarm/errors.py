@@ -147,6 +147,8 @@ TEXT_RULES: tuple[Rule, ...] = (
          "invalid step", source=HMDS_162),
     Rule(162, K.INVALID_REQUEST, "Time length exceed max.: the duration is longer than the bar "
          "size allows", "time length exceed", source=HMDS_162),
+    Rule(162, K.CONNECTION, "HMDS data farm connection is broken: the historical farm is down "
+         "(as 2105 announces)", "connection is broken", source=HMDS_162),
     Rule(162, K.RETRYABLE, "Trading TWS session is connected from a different IP address",
          "different ip address", source=HMDS_162),
     Rule(322, K.TOO_MANY_REQUESTS, "Only 50 simultaneous API historical data requests allowed.",

@@ -95,6 +95,7 @@ def test_contract_not_found():
      (10314, "End Date/Time: The date, time, or time-zone entered is invalid. The correct "
              "format is yyyymmdd hh:mm:ss xx/xxxx where yyyymmdd and xx/xxxx are optional."),
      (162, HMDS + "invalid step: 5"),
+     (162, HMDS + "Time length exceed max."),
      (322, "Error processing request:-'bS' : cause - Duplicate ticker ID for API historical "
            "data query"),
      (386, "Duplicate ticker ID for API historical data query.")],
@@ -319,3 +320,9 @@ def test_scaled_policy_and_validation():
         RetryPolicy().delay(0, ErrorKind.RETRYABLE)
     with pytest.raises(ValueError):
         RetryPolicy().scaled(0)
+
+
+def test_historical_farm_down_is_a_connection_error():
+    err = error_from(162, HMDS + "HMDS data farm connection is broken:ushmds")
+    assert isinstance(err, errors.IbConnectionError)
+    assert err.retryable
