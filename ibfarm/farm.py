@@ -34,9 +34,11 @@ import atexit
 import concurrent.futures
 import itertools
 import logging
+import math
 import multiprocessing
 import os
 import pickle
+import selectors
 import signal
 import struct
 import threading
@@ -170,9 +172,13 @@ class _Manager:
             idle_timeout=config.idle_timeout, readonly=config.readonly,
             schema_message=BAR_SCHEMA.serialize().to_pybytes(), pacer=self.pacer,
             parent_pid=os.getpid(), log_level=log_level)
+        self.next_check = math.inf  # earliest deadline of any item (or later)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._watched: dict[int, _WorkerHandle] = {}
         self.thread = threading.Thread(target=self._run, name="ibfarm-manager", daemon=True)
         self.thread.start()
 
@@ -197,6 +203,7 @@ class _Manager:
         now = time.monotonic()
         if item.attempts == 0 or item.worker is not None:
             item.deadline = now + self.config.request_timeout + TIMEOUT_GRACE
+        self.next_check = min(self.next_check, item.deadline)
         handle = self._pick()
         if handle is None:
             item.worker = None
@@ -276,32 +283,49 @@ class _Manager:
 
     def _loop_once(self) -> bool:
         with self.lock:
-            workers = list(self.workers.values())
             if self.shutting_down and not self.pending and \
-                    not any(w.in_flight for w in workers):
+                    not any(w.in_flight for w in self.workers.values()):
                 return False
-            deadlines = [i.deadline for w in workers for i in w.in_flight.values()]
-            deadlines += [i.deadline for i in self.pending]
-        timeout = _TICK
-        if deadlines:
-            timeout = max(0.0, min(timeout, min(deadlines) - time.monotonic()))
-        waitables = [self._wake_r, *(w.conn for w in workers), *(w.process.sentinel
-                                                               for w in workers)]
-        ready = set(connection.wait(waitables, timeout))
-        if self._wake_r in ready:
-            try:
-                while os.read(self._wake_r, 4096):
+            current = dict(self.workers)
+            next_check = self.next_check
+        self._sync_selector(current)
+        timeout = max(0.0, min(_TICK, next_check - time.monotonic()))
+        deaths = []
+        for key, _ in self._selector.select(timeout):
+            if key.data is None:
+                try:
+                    while os.read(self._wake_r, 4096):
+                        pass
+                except BlockingIOError:
                     pass
-            except BlockingIOError:
-                pass
-        for handle in workers:
-            if handle.conn in ready:
-                self._drain(handle)
-        for handle in workers:
-            if handle.process.sentinel in ready:
-                self._on_death(handle)
-        self._expire()
+            elif key.data[0] == "conn":
+                self._drain(key.data[1])
+            else:
+                deaths.append(key.data[1])
+        for handle in deaths:
+            self._on_death(handle)
+        if time.monotonic() >= next_check:
+            self._expire()
         return True
+
+    def _sync_selector(self, current: dict[int, _WorkerHandle]) -> None:
+        """Watch the pipe and sentinel of every current worker (manager thread only)."""
+        for worker_id in current.keys() - self._watched.keys():
+            handle = current[worker_id]
+            self._selector.register(handle.conn, selectors.EVENT_READ, ("conn", handle))
+            self._selector.register(handle.process.sentinel, selectors.EVENT_READ,
+                                    ("death", handle))
+            self._watched[worker_id] = handle
+        for worker_id in self._watched.keys() - current.keys():
+            self._unwatch(self._watched[worker_id])
+
+    def _unwatch(self, handle: _WorkerHandle) -> None:
+        if self._watched.pop(handle.worker_id, None) is not None:
+            for fileobj in (handle.conn, handle.process.sentinel):
+                try:
+                    self._selector.unregister(fileobj)
+                except (KeyError, ValueError, OSError):
+                    pass
 
     def _drain(self, handle: _WorkerHandle) -> None:
         """Read every message waiting on ``handle``'s pipe."""
@@ -406,6 +430,7 @@ class _Manager:
                     self.totals["retried"] += 1
                     sends += self._place(item)
             sends += self._place_pending()
+        self._unwatch(handle)
         handle.conn.close()
         self._flush(sends)
         for item, error in failed:
@@ -428,6 +453,9 @@ class _Manager:
                 expired.append(item)
             self.totals["timed_out"] += len(expired)
             self.totals["failed"] += len(expired)
+            deadlines = [i.deadline for w in self.workers.values() for i in w.in_flight.values()]
+            deadlines += [i.deadline for i in self.pending]
+            self.next_check = min(deadlines, default=math.inf)
         self._flush(sends)
         for item in expired:
             where = f"worker {item.worker.worker_id}" if item.worker else "any worker"
@@ -476,6 +504,7 @@ class _Manager:
             handle.conn.close()
 
     def _close(self) -> None:
+        self._selector.close()
         if self.pacer is not None:
             self.pacer.close()
         for fd in (self._wake_r, self._wake_w):

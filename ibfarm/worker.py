@@ -355,17 +355,22 @@ class Worker:
     # ----------------------------------------------------------------- serving calls
 
     async def _serve(self, call: Call) -> None:
+        task = asyncio.current_task()
+        expired = False
+
+        def expire() -> None:  # a timer rather than wait_for: no extra task per call
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(call.timeout, expire)
         try:
-            value = await asyncio.wait_for(self._attempts(call), call.timeout)
+            value = await self._attempts(call)
         except asyncio.CancelledError:
-            return  # the manager cancelled it (and answered the caller) or we are exiting
-        except asyncio.TimeoutError:
-            detail = f"no answer within {call.timeout:g} s"
-            if not self._connected.is_set():
-                detail += f"; not connected to {self.settings.host}:{self.settings.port}"
-                if self._last_error:
-                    detail += f" ({self._last_error})"
-            self._send(Result(call.call_id, error=RequestTimeoutError(0, detail)))
+            if expired:
+                self._send(Result(call.call_id, error=self._timeout_error(call)))
+            # else: the manager cancelled it (and answered the caller) or we are exiting
+            return
         except RequestError as exc:
             self._send(Result(call.call_id, error=error_from(exc.code, exc.message)))
         except BaseException as exc:  # IbError, errors from user functions
@@ -375,6 +380,16 @@ class Worker:
                 self._write_frame([BARS_FRAME, struct.pack("<q", call.call_id), *value.chunks])
             else:
                 self._send(Result(call.call_id, value))
+        finally:
+            timer.cancel()
+
+    def _timeout_error(self, call: Call) -> RequestTimeoutError:
+        detail = f"no answer within {call.timeout:g} s"
+        if not self._connected.is_set():
+            detail += f"; not connected to {self.settings.host}:{self.settings.port}"
+            if self._last_error:
+                detail += f" ({self._last_error})"
+        return RequestTimeoutError(0, detail)
 
     async def _attempts(self, call: Call) -> Any:
         handler = getattr(self, "_op_" + call.op)
