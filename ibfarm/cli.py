@@ -79,6 +79,60 @@ def gateway(
         gw.stop()
 
 
+@app.command()
+def fetch(
+    symbol: str = typer.Argument(..., help="IB symbol, e.g. AAPL, or EUR.USD for forex."),
+    bar_size: str = typer.Option("1 min", "--bar-size", help="IB bar size, e.g. '1 min'."),
+    duration: str = typer.Option("1 D", help="How far back from --end, e.g. '1 D', '1 W'."),
+    end: str | None = typer.Option(None, help="End, ISO 8601 (naive means UTC); default now."),
+    what_to_show: str = typer.Option("TRADES", "--what-to-show", help="TRADES, MIDPOINT..."),
+    rth: bool = typer.Option(True, "--rth/--all-hours", help="Regular trading hours only."),
+    sec_type: str = typer.Option("STK", "--sec-type", help="STK, CASH, FUT or IND."),
+    exchange: str = typer.Option("SMART", help="IB exchange."),
+    currency: str = typer.Option("USD", help="Contract currency."),
+    out: str | None = typer.Option(None, "--out", help="Write the bars to this Parquet file."),
+    host: str | None = typer.Option(None, help="Gateway host (default IB_HOST or 127.0.0.1)."),
+    port: int | None = typer.Option(None, help="Gateway port (default IB_PORT or 4002)."),
+    sim: bool = typer.Option(False, "--sim", help="Fetch from an embedded simulated gateway."),
+    timeout: float = typer.Option(60.0, help="Seconds to wait for the bars."),
+) -> None:
+    """Fetch historical bars through the farm; print them or write Parquet."""
+    import contextlib
+
+    from ibfarm.bars import BarRequest
+    from ibfarm.config import FarmConfig
+    from ibfarm.errors import IbError
+    from ibfarm.farm import IbFarm
+
+    stamp = None
+    if end:
+        stamp = datetime.fromisoformat(end.replace("Z", "+00:00"))
+    request = BarRequest(symbol, bar_size, duration, end=stamp, what_to_show=what_to_show,
+                         use_rth=rth, sec_type=sec_type, exchange=exchange, currency=currency)
+    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    with contextlib.ExitStack() as stack:
+        if sim:
+            from ibfarm.sim import SimGateway
+
+            gw = stack.enter_context(SimGateway(port=0))
+            overrides.update(host="127.0.0.1", port=gw.port)
+        farm = stack.enter_context(IbFarm(FarmConfig.from_env(**overrides), max_workers=1))
+        try:
+            table = farm.historical_bars(request).result(timeout)
+        except IbError as exc:
+            typer.echo(f"error: {exc} ({exc.kind.value})", err=True)
+            raise typer.Exit(1) from None
+    if out:
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, out)
+        typer.echo(f"{table.num_rows} bars of {symbol} ({bar_size}) written to {out}")
+        return
+    frame = table.to_pandas()
+    typer.echo(frame.to_string(max_rows=40) if len(frame) else "no bars in that range")
+    typer.echo(f"{table.num_rows} bars of {symbol} ({bar_size}, {duration})")
+
+
 def _serve_stats(gw, host: str, port: int) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
