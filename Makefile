@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m ibfarm.demo
+	$(PY) -m ktrdr.demo
 
 test: $(STAMP)
 	$(PY) -m ruff check ibfarm ktrdr tests benchmarks

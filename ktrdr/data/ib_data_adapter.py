@@ -254,7 +254,8 @@ class IbDataAdapter(ExternalDataProvider):
             details = found[0]
             what = "MIDPOINT" if candidate == "forex" else "TRADES"
             resolved = _Resolved(symbol, candidate, details.contract, what, details)
-            self._resolved[key] = self._resolved[(symbol, None)] = resolved
+            for k in (key, (symbol, None), (symbol, candidate)):
+                self._resolved[k] = resolved
             log.debug("%s resolved as %s (conId %s)", symbol, candidate, details.contract.conId)
             return resolved
         tried = ", ".join(kinds)
