@@ -97,13 +97,13 @@ def farm(sim, make_farm) -> IbFarm:
 class DirectClient:
     """A plain ib_insync connection on a loop of its own thread (the reference client)."""
 
-    def __init__(self, port: int, client_id: int):
+    def __init__(self, port: int, client_id: int, host: str = "127.0.0.1"):
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
         self.ib = IB()
         self.ib.RaiseRequestErrors = True
-        self.call(self.ib.connectAsync("127.0.0.1", port, client_id, timeout=10, readonly=True))
+        self.call(self.ib.connectAsync(host, port, client_id, timeout=10, readonly=True))
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)  # ib_insync looks its loop up
