@@ -143,7 +143,11 @@ def test_awaitable_from_asyncio_without_blocking_the_loop(farm):
         tick_task.cancel()
         return tables, value, ticks
 
-    tables, value, ticks = asyncio.run(main())
+    loop = asyncio.new_event_loop()  # not asyncio.run: leave the thread's loop alone
+    try:
+        tables, value, ticks = loop.run_until_complete(main())
+    finally:
+        loop.close()
     assert all(isinstance(t, pa.Table) and t.num_rows > 0 for t in tables)
     assert value == "done" and ticks >= 10
 
