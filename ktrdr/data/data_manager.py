@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 UTC = timezone.utc
 MODES = ("local", "tail", "backfill", "full")
+#: A symbol's file is updated after every this many segments (they are all submitted at once).
+CHUNK_SEGMENTS = 6
 #: How far back ``tail`` starts when nothing is stored and no start is given.
 TAIL_DEFAULT = timedelta(days=30)
 #: How far back ``backfill``/``full`` go without a start date (never before the head).
@@ -400,8 +402,9 @@ class DataManager:
         if begin >= end_eff:
             return
         job.window = (begin, end_eff)
-        job.ranges = missing_ranges(job.calendar, job.timeframe, begin, end_eff, now, index,
-                                    job.stored.fetched)
+        job.ranges = [chunk for a, b in missing_ranges(job.calendar, job.timeframe, begin,
+                                                       end_eff, now, index, job.stored.fetched)
+                      for chunk in _chunks(job.timeframe, a, b)]
         job.report.requests = sum(len(segments(job.timeframe, a, b)) for a, b in job.ranges)
 
     def _fetch(self, jobs: list[_Job], progress: Callable[[ProgressEvent], None] | None) -> None:
@@ -458,6 +461,20 @@ class DataManager:
             job.report.gaps_left = count_missing_sessions(
                 job.calendar, job.timeframe, *job.window, now, job.stored.frame.index,
                 job.stored.fetched)
+
+
+def _chunks(timeframe: str, start: datetime, end: datetime,
+            size: int = CHUNK_SEGMENTS) -> list[tuple[datetime, datetime]]:
+    """``[start, end)`` cut at segment boundaries into pieces of at most ``size`` segments,
+    so a long backfill is saved as it goes."""
+    ends = [seg.end for seg in segments(timeframe, start, end)]
+    out, begin = [], start
+    for k in range(size - 1, len(ends), size):
+        if ends[k] < end:
+            out.append((begin, ends[k]))
+            begin = ends[k]
+    out.append((begin, end))
+    return out
 
 
 async def _gather(coros: dict[str, Coroutine]) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """ktrdr's timeframes, the IB bar sizes behind them, and how ranges are cut into segments.
 
-Segments lie on a fixed grid per timeframe (weeks from Monday 00:00 UTC, calendar months,
-calendar years, or 52-week blocks for weekly bars), so the same range always produces the
-same requests. A whole grid cell is asked for with its natural duration ("1 W", "1 M",
-"1 Y", "52 W"); a part of a cell with a whole number of days ("N D") ending at the part's
-end. Every duration stays within the bar size's maximum (``ibfarm.bars.MAX_DURATION``).
+A range that fits in one request is asked for as a whole number of days ("N D") ending at
+its end. Longer ranges are cut on a fixed grid per timeframe (weeks from Monday 00:00 UTC,
+calendar months, calendar years, or 52-week blocks for weekly bars), so the same range always
+produces the same requests: a whole grid cell is asked for with its natural duration ("1 W",
+"1 M", "1 Y", "52 W"), a part of a cell with "N D" ending at the part's end. Every duration
+stays within the bar size's maximum (``ibfarm.bars.MAX_DURATION``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ _ALIASES = {"1min": "1m", "5min": "5m", "15min": "15m", "30min": "30m", "60m": "
 _GRID = {"1m": "week", "5m": "week", "15m": "week", "30m": "month", "1h": "month",
          "4h": "month", "1d": "year", "1w": "52weeks"}
 _NATURAL = {"week": "1 W", "month": "1 M", "year": "1 Y", "52weeks": "52 W"}
+#: Longest "N D" request per grid (within the bar size's maximum duration).
+_MAX_DAYS = {"week": 7, "month": 31, "year": 365, "52weeks": 364}
 #: A Monday: the origin of the week grids.
 _MONDAY = datetime(1970, 1, 5, tzinfo=UTC)
 
@@ -129,6 +132,10 @@ def segments(timeframe: str, start: datetime, end: datetime) -> list[Segment]:
     timeframe = normalize_timeframe(timeframe)
     start, end = as_utc(start), as_utc(end)
     grid = _GRID[timeframe]
+    days = math.ceil((end - start) / timedelta(days=1))
+    if 0 < days <= _MAX_DAYS[grid] and not (_cell_start(grid, start) == start
+                                             and _cell_end(grid, start) == end):
+        return [Segment(end - timedelta(days=days), end, f"{days} D")]  # one request will do
     out: list[Segment] = []
     cell = _cell_start(grid, start)
     while cell < end:
