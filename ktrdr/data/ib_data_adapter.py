@@ -155,7 +155,7 @@ def bars_to_frame(table: pa.Table) -> pd.DataFrame:
     """An Arrow bar table (``ibfarm.BAR_SCHEMA``) as an OHLCV frame with a UTC index."""
     frame = table.select(["timestamp", *OHLCV_COLUMNS]).to_pandas()
     frame = frame.set_index("timestamp")
-    frame.index = pd.DatetimeIndex(frame.index).tz_convert("UTC")
+    frame.index = pd.DatetimeIndex(frame.index).tz_convert("UTC").as_unit("ns")
     frame.index.name = "timestamp"
     return frame.astype("float64")
 

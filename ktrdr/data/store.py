@@ -91,7 +91,7 @@ class StoredBars:
 
 
 def empty_frame() -> pd.DataFrame:
-    index = pd.DatetimeIndex([], tz="UTC", name="timestamp")
+    index = pd.DatetimeIndex([], tz="UTC", name="timestamp").as_unit("ns")
     return pd.DataFrame({c: pd.Series(dtype="float64") for c in OHLCV_COLUMNS}, index=index)
 
 
@@ -160,7 +160,7 @@ class BarStore:
         except (OSError, ValueError, pa.ArrowException, json.JSONDecodeError) as exc:
             raise DataCorruptError(path, f"{type(exc).__name__}: {exc}") from exc
         frame = frame.set_index("timestamp")
-        frame.index = pd.DatetimeIndex(frame.index).tz_convert("UTC")
+        frame.index = pd.DatetimeIndex(frame.index).tz_convert("UTC").as_unit("ns")
         frame.index.name = "timestamp"
         frame = frame.astype("float64")
         fetched = [(int(a), int(b)) for a, b in meta.pop("fetched", [])]
