@@ -271,6 +271,19 @@ def gaps(symbol: str, timeframe: str,
     console.print(f"{len(found)} missing range(s)")
 
 
+@app.command("api")
+def api(host: str = typer.Option("127.0.0.1", "--host",
+                                 help="Address to bind (loopback unless told otherwise)."),
+        port: int = typer.Option(8000, "--port", help="TCP port."),
+        sim: bool = typer.Option(False, "--sim", help=SIM_HELP),
+        log_level: str = typer.Option("info", "--log-level",
+                                      help="debug, info, warning or error.")) -> None:
+    """Serve the HTTP API (KTRDR_API_TOKEN, when set, is required as a bearer token)."""
+    from ktrdr.api.serve import serve
+
+    serve(host=host, port=port, sim=sim, log_level=log_level)
+
+
 def main() -> None:
     app()
 

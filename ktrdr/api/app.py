@@ -1,0 +1,173 @@
+"""The FastAPI application: one farm, one DataManager, shared by every request.
+
+``create_app(settings)`` builds the app; its lifespan starts (optionally) an embedded
+simulated gateway, the ``IbFarm``, the ``IbDataAdapter`` over it, the ``DataManager``, the
+gateway monitor and the operations registry, and shuts them down in reverse order. Requests
+reach them through ``Services`` (``request.app.state.services``); nothing connects per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as pkg_version
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from ibfarm import IbFarm
+from ibfarm.config import FarmConfig
+from ktrdr.api import errors
+from ktrdr.api.bridge import KeyLocks
+from ktrdr.api.errors import ApiError
+from ktrdr.api.gateway import GatewayMonitor
+from ktrdr.api.models import Problem
+from ktrdr.api.operations import OperationRegistry
+from ktrdr.api.settings import ApiSettings
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/api/v1"
+
+
+def _version() -> str:
+    try:
+        return pkg_version("ibfarm")
+    except PackageNotFoundError:
+        return "0"
+
+
+@dataclass
+class Services:
+    """What the app's lifespan created; shared by every request."""
+
+    settings: ApiSettings
+    farm_config: FarmConfig
+    farm: IbFarm
+    provider: Any  # an ExternalDataProvider (IbDataAdapter)
+    manager: Any  # a DataManager
+    monitor: GatewayMonitor
+    operations: OperationRegistry
+    locks: KeyLocks
+    sim: Any = None  # the embedded SimGateway, when ``settings.sim``
+
+
+def services(request: Request) -> Services:
+    """The app's shared services (a FastAPI dependency)."""
+    return request.app.state.services
+
+
+#: A route parameter receiving the shared services.
+Svc = Annotated[Services, Depends(services)]
+
+
+_bearer = HTTPBearer(auto_error=False, description="the value of KTRDR_API_TOKEN, when set")
+
+
+async def require_token(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Check ``Authorization: Bearer <token>`` when the server has a token."""
+    token = request.app.state.settings.token
+    if not token:
+        return
+    given = credentials.credentials if credentials is not None else ""
+    if not given or not secrets.compare_digest(given.encode(), token.encode()):
+        raise ApiError("unauthorized",
+                       "missing bearer token" if not given else "wrong bearer token",
+                       headers={"WWW-Authenticate": 'Bearer realm="ktrdr"'})
+
+
+def _start_data_layer(settings: ApiSettings) -> tuple[FarmConfig, IbFarm, Any, Any]:
+    """The farm, the adapter over it and (with ``settings.sim``) the embedded gateway."""
+    from ktrdr.data.ib_data_adapter import IbDataAdapter
+
+    config = settings.farm_config()
+    if settings.sim:
+        from ktrdr.sim import EmbeddedSim
+
+        sim = EmbeddedSim(max_workers=config.max_workers).start()
+        provider = sim.provider()
+        farm = provider.farm
+        log.info("embedded simulated gateway on 127.0.0.1:%d", sim.gateway.port)
+        return farm.config, farm, provider, sim
+    farm = IbFarm(config)
+    return config, farm, IbDataAdapter(farm=farm, source="ib"), None
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    from ktrdr.data.data_manager import DataManager
+
+    settings: ApiSettings = app.state.settings
+    farm_config, farm, provider, sim = _start_data_layer(settings)
+    manager = None
+    try:
+        manager = DataManager(data_dir=settings.data_dir, provider=provider)
+        monitor = GatewayMonitor(farm_config.host, farm_config.port,
+                                 timeout=settings.probe_timeout, max_age=settings.probe_max_age,
+                                 simulated=sim is not None)
+        operations = OperationRegistry(monitor, outage_grace=settings.outage_grace,
+                                       keep=settings.keep_operations, prefix=PREFIX)
+        app.state.services = Services(settings, farm_config, farm, provider, manager, monitor,
+                                      operations, KeyLocks(), sim)
+        health = await monitor.check()
+        log.info("API ready (data in %s); IB Gateway %s:%d %s", manager.data_dir,
+                 farm_config.host, farm_config.port,
+                 "reachable" if health.reachable else f"unreachable ({health.error})")
+        yield
+        await operations.close()
+    finally:
+        loop = asyncio.get_running_loop()
+        if manager is not None:
+            await loop.run_in_executor(None, manager.close)
+        if sim is not None:
+            await loop.run_in_executor(None, sim.stop)
+        else:
+            await loop.run_in_executor(None, lambda: farm.shutdown(wait=True,
+                                                                   cancel_futures=True))
+        log.info("API stopped")
+
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": Problem, "description": description,
+             "content": {errors.PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+    for status, description in (
+        (401, "missing or wrong bearer token"),
+        (422, "invalid input"),
+        (500, "internal error"),
+    )
+}
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    """The API application (see the module docstring)."""
+    from ktrdr.api.routes import data, ib, operations
+
+    settings = settings or ApiSettings.from_env()
+    app = FastAPI(
+        title="ktrdr API",
+        version=_version(),
+        summary="Historical bars from Interactive Brokers, fetched once and stored locally.",
+        description="Errors are RFC 9457 problems (application/problem+json) carrying IB's "
+                    "error code, its kind and a hint. When the server has a token "
+                    "(KTRDR_API_TOKEN), every /api/v1 endpoint needs "
+                    "'Authorization: Bearer <token>'.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    errors.install(app)
+    api = APIRouter(prefix=PREFIX, dependencies=[Depends(require_token)],
+                    responses=PROBLEM_RESPONSES)
+    api.include_router(data.router)
+    api.include_router(operations.router)
+    api.include_router(ib.router)
+    app.include_router(api)
+    return app

@@ -1,0 +1,110 @@
+"""``/health``, ``/ib/status`` and ``/symbols/{symbol}``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import JSONResponse
+
+from ktrdr.api import errors
+from ktrdr.api.app import Svc, _version
+from ktrdr.api.models import (
+    SYMBOL_PATTERN,
+    FarmSettings,
+    FarmTotals,
+    Health,
+    IbStatus,
+    PacerStatus,
+    Problem,
+    Session,
+    SymbolInfo,
+    Timeframe,
+    WorkerStatus,
+)
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["ib"])
+
+
+def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {s: {"model": Problem, "description": errors.describe(s)} for s in statuses}
+
+
+@router.get("/health", response_model=Health, summary="Is the IB Gateway reachable?",
+            responses={503: {"model": Health, "description": "the gateway is unreachable"}})
+async def health(svc: Svc) -> JSONResponse:
+    """``200`` with ``status: ok`` when the gateway's API port answers, else ``503`` with
+    ``status: unavailable`` (stored data can still be read)."""
+    gateway = await svc.monitor.check()
+    workers = await asyncio.to_thread(svc.farm.status)
+    connected = sum(1 for w in workers["workers"] if w["state"] == "connected")
+    body = Health(status="ok" if gateway.reachable else "unavailable", gateway=gateway,
+                  workers_connected=connected, operations_running=svc.operations.running(),
+                  version=_version())
+    headers = {} if gateway.reachable else {
+        "Retry-After": str(svc.settings.retry_after_unavailable)}
+    return JSONResponse(body.model_dump(mode="json"), status_code=200 if gateway.reachable
+                        else 503, headers=headers)
+
+
+@router.get("/ib/status", response_model=IbStatus,
+            summary="The connection farm: workers, client ids, pacing")
+async def ib_status(svc: Svc) -> IbStatus:
+    """Each worker process (pid, client id, state, requests in flight and served, memory),
+    the farm's totals, and the shared pacer's counters (open requests, waits per rule)."""
+    status, gateway = await asyncio.gather(asyncio.to_thread(svc.farm.status),
+                                           svc.monitor.check())
+    config = svc.farm_config
+    policy = config.pacing
+    return IbStatus(
+        gateway=gateway,
+        settings=FarmSettings(
+            host=config.host, port=config.port, max_workers=config.max_workers,
+            client_ids=[config.client_ids.start, config.client_ids.stop - 1],
+            idle_timeout=config.idle_timeout, request_timeout=config.request_timeout,
+            pacing=policy if isinstance(policy, str) else getattr(policy, "name", "custom")),
+        workers=[WorkerStatus(**w) for w in status["workers"]],
+        farm=FarmTotals(**status["farm"]),
+        pacer=PacerStatus(**status["pacer"]) if status.get("pacer") else None,
+    )
+
+
+@router.get("/symbols/{symbol}", response_model=SymbolInfo,
+            summary="Validate a symbol; its contract, trading hours and first data",
+            responses=_problems(404, 403, 429, 503, 504))
+async def symbol_info(
+    symbol: Annotated[str, Path(pattern=SYMBOL_PATTERN, examples=["AAPL", "EUR.USD"])],
+    svc: Svc,
+    instrument_type: Annotated[str | None, Query(
+        description="stock, forex, future or index (guessed when left out)")] = None,
+    timeframe: Annotated[Timeframe | None,
+                         Query(description="head timestamp for this timeframe")] = None,
+) -> SymbolInfo:
+    """``404`` (kind ``contract_not_found``, IB code 200) when IB does not know the symbol."""
+    await svc.monitor.require()
+    try:
+        info = await svc.provider.get_contract_details(symbol, instrument_type)
+        head = await svc.provider.get_head_timestamp(
+            symbol, timeframe.value if timeframe else None, info.instrument_type)
+    except Exception as exc:
+        raise await svc.operations.explain(exc) from exc
+    extra = dict(info.extra or {})
+    min_tick = extra.get("min_tick")
+    return SymbolInfo(
+        symbol=info.symbol, instrument_type=info.instrument_type,
+        sec_type=str(extra.get("sec_type") or ""), exchange=info.exchange,
+        primary_exchange=str(extra.get("primary_exchange") or ""), currency=info.currency,
+        con_id=info.provider_id, local_symbol=str(extra.get("local_symbol") or ""),
+        description=info.description, min_tick=float(min_tick) if min_tick else None,
+        last_trade_date=str(extra.get("last_trade_date") or ""), time_zone=info.time_zone,
+        trading_hours=info.trading_hours, liquid_hours=info.liquid_hours,
+        sessions=[Session(start=_utc(a), end=_utc(b)) for a, b in info.sessions],
+        closed_days=list(info.closed_days), head_timestamp=head)
+
+
+def _utc(epoch: int) -> datetime:
+    return datetime.fromtimestamp(epoch, timezone.utc)

@@ -1,0 +1,35 @@
+"""``/operations``: progress, result and cancellation of background loads and backfills."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from ktrdr.api.app import Svc
+from ktrdr.api.models import Operation, OperationList, Problem
+
+router = APIRouter(prefix="/operations", tags=["operations"])
+_NOT_FOUND = {404: {"model": Problem, "description": "problem: no such operation"}}
+
+
+@router.get("", response_model=OperationList, summary="Operations, newest first")
+async def list_operations(svc: Svc) -> OperationList:
+    return OperationList(operations=svc.operations.list())
+
+
+@router.get("/{operation_id}", response_model=Operation, responses=_NOT_FOUND,
+            summary="An operation's status, progress and result")
+async def get_operation(operation_id: str,
+                        svc: Svc) -> Operation:
+    """``status`` is pending, running, succeeded, failed or cancelled; a failed operation's
+    ``error`` is a problem (with IB's code, the kind and a hint), and ``result`` has one
+    report per symbol."""
+    return svc.operations.get(operation_id)
+
+
+@router.delete("/{operation_id}", response_model=Operation, responses=_NOT_FOUND,
+               summary="Cancel an operation")
+async def cancel_operation(operation_id: str,
+                           svc: Svc) -> Operation:
+    """A pending or running operation ends as ``cancelled`` at once (its IB requests stop
+    at the next segment); a finished one is returned unchanged."""
+    return svc.operations.cancel(operation_id)

@@ -1,0 +1,72 @@
+"""The HTTP API's settings, from arguments or the environment."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ibfarm.config import FarmConfig
+
+
+@dataclass
+class ApiSettings:
+    """How the API server runs.
+
+    Args:
+        host: address to bind (loopback unless told otherwise).
+        port: TCP port.
+        token: when set, every ``/api/v1`` request needs ``Authorization: Bearer <token>``.
+        data_dir: the store's directory (None: the data layer's default).
+        sim: start an embedded simulated gateway and fetch from it.
+        farm: the connection farm's settings (None: ``FarmConfig.from_env()``).
+        probe_timeout: seconds a gateway reachability probe may take.
+        probe_max_age: seconds a probe result is reused before probing again.
+        outage_grace: seconds the gateway may stay unreachable before running operations fail.
+        retry_after_pacing: ``Retry-After`` seconds on a pacing problem (429).
+        retry_after_unavailable: ``Retry-After`` seconds when the gateway is down (503).
+        keep_operations: finished operations remembered for ``GET /operations/{id}``.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None
+    data_dir: str | None = None
+    sim: bool = False
+    farm: FarmConfig | None = None
+    probe_timeout: float = 1.0
+    probe_max_age: float = 1.0
+    outage_grace: float = 10.0
+    retry_after_pacing: int = 60
+    retry_after_unavailable: int = 10
+    keep_operations: int = 200
+
+    def replace(self, **changes) -> ApiSettings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> ApiSettings:
+        """Settings from ``KTRDR_API_TOKEN``, ``KTRDR_DATA_DIR``, ``IB_GATEWAY=sim``,
+        ``KTRDR_API_OUTAGE_GRACE``, then ``overrides`` (None values are ignored).
+
+        The farm's own settings come from ``IB_HOST``, ``IB_PORT`` and ``IBFARM_*``.
+        """
+        env = os.environ if env is None else env
+        values: dict = {
+            "token": env.get("KTRDR_API_TOKEN") or None,
+            "data_dir": env.get("KTRDR_DATA_DIR") or None,
+            "sim": env.get("IB_GATEWAY", "").strip().lower() == "sim",
+        }
+        grace = env.get("KTRDR_API_OUTAGE_GRACE")
+        if grace:
+            try:
+                values["outage_grace"] = float(grace)
+            except ValueError:
+                raise ValueError(f"KTRDR_API_OUTAGE_GRACE={grace!r} is not a number") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def farm_config(self) -> FarmConfig:
+        """The farm's settings (read from the environment unless given)."""
+        return self.farm if self.farm is not None else FarmConfig.from_env()
