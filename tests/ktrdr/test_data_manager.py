@@ -45,6 +45,8 @@ CASES = [
     ("GBP.USD", "CASH", "4h", "4 hours", utc(2024, 2, 20), utc(2024, 4, 10)),
     ("SPX", "IND", "30m", "30 mins", utc(2024, 3, 1), NOW),
     ("ES", "FUT", "1h", "1 hour", utc(2024, 4, 15), NOW),
+    ("IBM", "STK", "1w", "1 week", utc(2019, 1, 7), utc(2024, 6, 3)),  # whole weeks
+    ("EUR.USD", "CASH", "1w", "1 week", utc(2021, 1, 4), NOW),
 ]
 
 
