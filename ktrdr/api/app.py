@@ -13,7 +13,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as pkg_version
 from typing import Annotated, Any
@@ -55,7 +55,8 @@ class Services:
     monitor: GatewayMonitor
     operations: OperationRegistry
     locks: KeyLocks
-    sim: Any = None  # the embedded SimGateway, when ``settings.sim``
+    sim: Any = None  # the embedded simulated gateway, when ``settings.sim``
+    symbols: dict = field(default_factory=dict)  # recent /symbols answers
 
 
 def services(request: Request) -> Services:

@@ -307,6 +307,6 @@ class Health(BaseModel):
 
     status: Literal["ok", "unavailable"]
     gateway: GatewayHealth
-    workers_connected: int
+    workers_connected: int = Field(description="farm workers connected to the gateway now")
     operations_running: int
     version: str

@@ -12,7 +12,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, *, sim: bool = False,
-          log_level: str = "info") -> None:
+          log_level: str = "info", settings: ApiSettings | None = None) -> None:
     """Serve the API until SIGINT/SIGTERM, then shut the farm down cleanly.
 
     Args:
@@ -20,6 +20,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, *, sim: bool = False,
         port: TCP port.
         sim: start an embedded simulated gateway (also ``IB_GATEWAY=sim``).
         log_level: debug, info, warning or error.
+        settings: the API's settings (default: from the environment).
     """
     import uvicorn
 
@@ -28,7 +29,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, *, sim: bool = False,
     level = getattr(logging, log_level.upper(), logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         force=True)
-    settings = ApiSettings.from_env(host=host, port=port, sim=sim or None)
+    if settings is None:
+        settings = ApiSettings.from_env(host=host, port=port, sim=sim or None)
     if host not in LOOPBACK and not settings.token:
         log.warning("serving on %s without a token: anyone who can reach the port can use the "
                     "API (set KTRDR_API_TOKEN)", host)

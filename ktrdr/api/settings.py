@@ -27,6 +27,8 @@ class ApiSettings:
         retry_after_pacing: ``Retry-After`` seconds on a pacing problem (429).
         retry_after_unavailable: ``Retry-After`` seconds when the gateway is down (503).
         keep_operations: finished operations remembered for ``GET /operations/{id}``.
+        request_timeout: seconds a synchronous endpoint (``/symbols``) may wait for IB,
+            pacing waits and retries included, before answering 504.
     """
 
     host: str = "127.0.0.1"
@@ -41,6 +43,7 @@ class ApiSettings:
     retry_after_pacing: int = 60
     retry_after_unavailable: int = 10
     keep_operations: int = 200
+    request_timeout: float = 30.0
 
     def replace(self, **changes) -> ApiSettings:
         return dataclasses.replace(self, **changes)
@@ -48,7 +51,8 @@ class ApiSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> ApiSettings:
         """Settings from ``KTRDR_API_TOKEN``, ``KTRDR_DATA_DIR``, ``IB_GATEWAY=sim``,
-        ``KTRDR_API_OUTAGE_GRACE``, then ``overrides`` (None values are ignored).
+        ``KTRDR_API_OUTAGE_GRACE``, ``KTRDR_API_REQUEST_TIMEOUT``, then ``overrides`` (None
+        values are ignored).
 
         The farm's own settings come from ``IB_HOST``, ``IB_PORT`` and ``IBFARM_*``.
         """
@@ -58,12 +62,14 @@ class ApiSettings:
             "data_dir": env.get("KTRDR_DATA_DIR") or None,
             "sim": env.get("IB_GATEWAY", "").strip().lower() == "sim",
         }
-        grace = env.get("KTRDR_API_OUTAGE_GRACE")
-        if grace:
-            try:
-                values["outage_grace"] = float(grace)
-            except ValueError:
-                raise ValueError(f"KTRDR_API_OUTAGE_GRACE={grace!r} is not a number") from None
+        for var, name in (("KTRDR_API_OUTAGE_GRACE", "outage_grace"),
+                          ("KTRDR_API_REQUEST_TIMEOUT", "request_timeout")):
+            raw = env.get(var)
+            if raw:
+                try:
+                    values[name] = float(raw)
+                except ValueError:
+                    raise ValueError(f"{var}={raw!r} is not a number") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

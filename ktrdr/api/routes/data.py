@@ -70,11 +70,16 @@ def negotiate(accept: str | None) -> str:
     raise ApiError("not_acceptable", f"cannot answer {accept!r}")
 
 
+#: The timestamp type of Arrow and Parquet bodies (Parquet has no seconds unit, so both use
+#: milliseconds and read back identically).
+TIMESTAMP = pa.timestamp("ms", tz="UTC")
+
+
 def bars_table(frame: pd.DataFrame, symbol: str, timeframe: str) -> pa.Table:
-    """The bars as an Arrow table: ``timestamp`` (UTC) and float64 OHLCV columns."""
+    """The bars as an Arrow table: ``timestamp`` (UTC, ms) and float64 OHLCV columns."""
     index = pd.DatetimeIndex(frame.index)
     index = index.tz_localize("UTC") if index.tz is None else index.tz_convert("UTC")
-    columns = {"timestamp": pa.array(index, type=pa.timestamp("s", tz="UTC"))}
+    columns = {"timestamp": pa.array(index.as_unit("ms"), type=TIMESTAMP)}
     for name in bridge.OHLCV:
         columns[name] = pa.array(frame[name].to_numpy(dtype="float64"), type=pa.float64())
     table = pa.table(columns)
@@ -131,8 +136,8 @@ async def get_bars(
 ) -> Response:
     """Bars from the local store only (nothing is fetched; load them with ``POST
     /data/load``). ``Accept: application/vnd.apache.arrow.stream`` answers an Arrow IPC
-    stream, ``application/vnd.apache.parquet`` a Parquet file; both have a UTC ``timestamp``
-    column and float64 ``open, high, low, close, volume``."""
+    stream, ``application/vnd.apache.parquet`` a Parquet file; both have a ``timestamp``
+    column (UTC, milliseconds) and float64 ``open, high, low, close, volume``."""
     media = negotiate(accept)
     if start is not None and end is not None and start >= end:
         raise ApiError(ErrorKind.INVALID_REQUEST, "start must be before end")

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 
+from ibfarm.errors import ErrorKind
 from ktrdr.api import errors
 from ktrdr.api.app import Svc, _version
+from ktrdr.api.errors import ApiError
 from ktrdr.api.models import (
     SYMBOL_PATTERN,
     FarmSettings,
@@ -29,6 +32,9 @@ from ktrdr.api.models import (
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["ib"])
 
+#: Seconds a symbol's answer is reused.
+SYMBOL_TTL = 300.0
+
 
 def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": Problem, "description": errors.describe(s)} for s in statuses}
@@ -41,7 +47,7 @@ async def health(svc: Svc) -> JSONResponse:
     ``status: unavailable`` (stored data can still be read)."""
     gateway = await svc.monitor.check()
     workers = await asyncio.to_thread(svc.farm.status)
-    connected = sum(1 for w in workers["workers"] if w["state"] == "connected")
+    connected = sum(1 for w in workers["workers"] if w["state"] == "ready")
     body = Health(status="ok" if gateway.reachable else "unavailable", gateway=gateway,
                   workers_connected=connected, operations_running=svc.operations.running(),
                   version=_version())
@@ -84,17 +90,31 @@ async def symbol_info(
     timeframe: Annotated[Timeframe | None,
                          Query(description="head timestamp for this timeframe")] = None,
 ) -> SymbolInfo:
-    """``404`` (kind ``contract_not_found``, IB code 200) when IB does not know the symbol."""
+    """``404`` (kind ``contract_not_found``, IB code 200) when IB does not know the symbol.
+    Answers are kept for ``SYMBOL_TTL`` seconds (IB paces head-timestamp requests)."""
+    key = (symbol.upper(), instrument_type, timeframe)
+    cached = svc.symbols.get(key)
+    if cached is not None and time.monotonic() - cached[0] < SYMBOL_TTL:
+        return cached[1]
     await svc.monitor.require()
-    try:
+
+    async def ask() -> tuple[Any, Any]:
         info = await svc.provider.get_contract_details(symbol, instrument_type)
         head = await svc.provider.get_head_timestamp(
             symbol, timeframe.value if timeframe else None, info.instrument_type)
+        return info, head
+
+    limit = svc.settings.request_timeout
+    try:
+        info, head = await asyncio.wait_for(ask(), limit)
+    except asyncio.TimeoutError:
+        raise ApiError(ErrorKind.TIMEOUT, f"IB did not answer within {limit:g} s (pacing waits "
+                       f"and retries included)") from None
     except Exception as exc:
         raise await svc.operations.explain(exc) from exc
     extra = dict(info.extra or {})
     min_tick = extra.get("min_tick")
-    return SymbolInfo(
+    answer = SymbolInfo(
         symbol=info.symbol, instrument_type=info.instrument_type,
         sec_type=str(extra.get("sec_type") or ""), exchange=info.exchange,
         primary_exchange=str(extra.get("primary_exchange") or ""), currency=info.currency,
@@ -104,6 +124,10 @@ async def symbol_info(
         trading_hours=info.trading_hours, liquid_hours=info.liquid_hours,
         sessions=[Session(start=_utc(a), end=_utc(b)) for a, b in info.sessions],
         closed_days=list(info.closed_days), head_timestamp=head)
+    if len(svc.symbols) > 1000:
+        svc.symbols.clear()
+    svc.symbols[key] = (time.monotonic(), answer)
+    return answer
 
 
 def _utc(epoch: int) -> datetime:

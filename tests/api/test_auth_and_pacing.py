@@ -1,0 +1,55 @@
+"""Bearer-token protection, and IB pacing violations answered as 429 with Retry-After.
+
+The server here has a token and a farm that neither paces itself (``IBFARM_PACING=off``)
+nor retries (``tests.api.launch --no-retry``), talking to a gateway that enforces IB's
+rules, so a violation reaches the API.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.api.conftest import assert_problem
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def api(make_gateway, make_server):
+    gateway = make_gateway(pacing="ib")
+    return make_server(gateway, token=TOKEN, no_retry=True, IBFARM_PACING="off",
+                       IBFARM_MAX_WORKERS="1",
+                       IBFARM_CLIENT_IDS="60-62")
+
+
+@pytest.mark.parametrize("path", ["/health", "/ib/status", "/symbols/AAPL", "/operations",
+                                  "/data/AAPL/1d"])
+def test_every_endpoint_needs_the_token(api, path):
+    response = api.client.get(path, headers={"Authorization": ""})
+    body = assert_problem(response, 401, "unauthorized")
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert "KTRDR_API_TOKEN" in body["hint"]
+    wrong = api.client.get(path, headers={"Authorization": "Bearer nope"})
+    assert_problem(wrong, 401, "unauthorized")
+
+
+def test_writes_need_the_token_too(api):
+    response = api.client.post("/data/load", json={"symbol": "AAPL", "timeframe": "1d"},
+                               headers={"Authorization": ""})
+    assert_problem(response, 401, "unauthorized")
+    response = api.client.delete("/operations/x", headers={"Authorization": ""})
+    assert_problem(response, 401, "unauthorized")
+
+
+def test_the_token_lets_requests_through(api):
+    assert api.client.get("/health").status_code == 200
+
+
+def test_pacing_violation_is_429_with_retry_after(api):
+    first = api.client.get("/symbols/IBM")
+    assert first.status_code == 200, first.text
+    # a second head-timestamp request for IBM within 15 s breaks IB's identical-request rule
+    again = api.client.get("/symbols/IBM", params={"timeframe": "1h"})
+    body = assert_problem(again, 429, "pacing", 162)
+    assert int(again.headers["retry-after"]) > 0
+    assert "pacing" in body["detail"].lower()
