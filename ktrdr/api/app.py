@@ -27,7 +27,6 @@ from ktrdr.api import errors
 from ktrdr.api.bridge import KeyLocks
 from ktrdr.api.errors import ApiError
 from ktrdr.api.gateway import GatewayMonitor
-from ktrdr.api.models import Problem
 from ktrdr.api.operations import OperationRegistry
 from ktrdr.api.settings import ApiSettings
 
@@ -112,6 +111,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     manager = None
     try:
         manager = DataManager(data_dir=settings.data_dir, provider=provider)
+        warm = getattr(manager, "_run", None)
+        if warm is not None:  # start its loop thread now, not in two operations at once
+            await asyncio.get_running_loop().run_in_executor(None, warm, asyncio.sleep(0))
         monitor = GatewayMonitor(farm_config.host, farm_config.port,
                                  timeout=settings.probe_timeout, max_age=settings.probe_max_age,
                                  simulated=sim is not None)
@@ -137,17 +139,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("API stopped")
 
 
-PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": Problem, "description": description,
-             "content": {errors.PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
-    for status, description in (
-        (401, "missing or wrong bearer token"),
-        (422, "invalid input"),
-        (500, "internal error"),
-    )
-}
-
-
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     """The API application (see the module docstring)."""
     from ktrdr.api.routes import data, ib, operations
@@ -166,7 +157,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.settings = settings
     errors.install(app)
     api = APIRouter(prefix=PREFIX, dependencies=[Depends(require_token)],
-                    responses=PROBLEM_RESPONSES)
+                    responses=errors.responses(401, 422, 500))
     api.include_router(data.router)
     api.include_router(operations.router)
     api.include_router(ib.router)

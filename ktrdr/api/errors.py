@@ -99,11 +99,20 @@ def describe(status: int) -> str:
     return "problem: " + ", ".join(kinds) if kinds else "problem"
 
 
+def responses(*statuses: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for problems with these statuses (``application/problem+json``,
+    schema ``Problem``); ``descriptions`` maps ``"s404"`` to a text replacing the default."""
+    return {status: {
+        "description": descriptions.get(f"s{status}") or describe(status),
+        "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    } for status in statuses}
+
+
 def _kind_name(kind: Any) -> str:
     return kind.value if isinstance(kind, Enum) else str(kind)
 
 
-@dataclass
+@dataclass(eq=False)
 class ApiError(Exception):
     """An error the API answers with a problem.
 

@@ -226,6 +226,9 @@ class OperationRegistry:
             self._finish(op, OperationStatus.failed, problem_of(err, self._instance(op)))
             return
         failures = [r for r in result.symbols if r.status != "succeeded"]
+        for report in failures:
+            if report.error is not None and report.error.instance is None:
+                report.error.instance = self._instance(op)
         if not failures:
             self._finish(op, OperationStatus.succeeded, result=result)
             return

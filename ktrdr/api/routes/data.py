@@ -25,7 +25,6 @@ from ktrdr.api.models import (
     LoadRequest,
     Operation,
     OperationKind,
-    Problem,
     Timeframe,
     UtcDatetime,
 )
@@ -117,8 +116,8 @@ _BAR_RESPONSES: dict[int | str, dict[str, Any]] = {
                          "request (Accept)",
           "content": {ARROW: {"schema": {"type": "string", "format": "binary"}},
                       PARQUET: {"schema": {"type": "string", "format": "binary"}}}},
-    404: {"model": Problem, "description": "problem: nothing stored for the symbol/timeframe"},
-    406: {"model": Problem, "description": "problem: the Accept header names no format we have"},
+    **errors.responses(404, 406, s404="problem: nothing stored for the symbol and timeframe",
+                       s406="problem: the Accept header names no format the API serves"),
 }
 
 
@@ -156,9 +155,8 @@ async def get_bars(
     return Response(body, media_type=media, headers={"X-Bar-Count": str(table.num_rows)})
 
 
-_OPERATION_RESPONSES: dict[int | str, dict[str, Any]] = {
-    503: {"model": Problem, "description": errors.describe(503)},
-}
+_OPERATION_RESPONSES = errors.responses(
+    503, s503="problem: the gateway is unreachable (modes that fetch)")
 
 
 def _accepted(op: Operation, response: Response) -> Operation:

@@ -22,7 +22,6 @@ from ktrdr.api.models import (
     Health,
     IbStatus,
     PacerStatus,
-    Problem,
     Session,
     SymbolInfo,
     Timeframe,
@@ -34,10 +33,6 @@ router = APIRouter(tags=["ib"])
 
 #: Seconds a symbol's answer is reused.
 SYMBOL_TTL = 300.0
-
-
-def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {s: {"model": Problem, "description": errors.describe(s)} for s in statuses}
 
 
 @router.get("/health", response_model=Health, summary="Is the IB Gateway reachable?",
@@ -81,7 +76,7 @@ async def ib_status(svc: Svc) -> IbStatus:
 
 @router.get("/symbols/{symbol}", response_model=SymbolInfo,
             summary="Validate a symbol; its contract, trading hours and first data",
-            responses=_problems(404, 403, 429, 503, 504))
+            responses=errors.responses(403, 404, 429, 503, 504))
 async def symbol_info(
     symbol: Annotated[str, Path(pattern=SYMBOL_PATTERN, examples=["AAPL", "EUR.USD"])],
     svc: Svc,

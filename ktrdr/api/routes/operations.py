@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from ktrdr.api import errors
 from ktrdr.api.app import Svc
-from ktrdr.api.models import Operation, OperationList, Problem
+from ktrdr.api.models import Operation, OperationList
 
 router = APIRouter(prefix="/operations", tags=["operations"])
-_NOT_FOUND = {404: {"model": Problem, "description": "problem: no such operation"}}
+_NOT_FOUND = errors.responses(404, s404="problem: no such operation")
 
 
 @router.get("", response_model=OperationList, summary="Operations, newest first")
