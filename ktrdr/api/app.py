@@ -25,6 +25,7 @@ from ibfarm import IbFarm
 from ibfarm.config import FarmConfig
 from ktrdr.api import errors
 from ktrdr.api.bridge import KeyLocks
+from ktrdr.api.cancel import CancellableProvider
 from ktrdr.api.errors import ApiError
 from ktrdr.api.gateway import GatewayMonitor
 from ktrdr.api.operations import OperationRegistry
@@ -49,7 +50,7 @@ class Services:
     settings: ApiSettings
     farm_config: FarmConfig
     farm: IbFarm
-    provider: Any  # an ExternalDataProvider (IbDataAdapter)
+    provider: CancellableProvider  # over the IbDataAdapter
     manager: Any  # a DataManager
     monitor: GatewayMonitor
     operations: OperationRegistry
@@ -94,12 +95,12 @@ def _start_data_layer(settings: ApiSettings) -> tuple[FarmConfig, IbFarm, Any, A
         from ktrdr.sim import EmbeddedSim
 
         sim = EmbeddedSim(max_workers=config.max_workers).start()
-        provider = sim.provider()
-        farm = provider.farm
+        adapter = sim.provider()
+        farm = adapter.farm
         log.info("embedded simulated gateway on 127.0.0.1:%d", sim.gateway.port)
-        return farm.config, farm, provider, sim
+        return farm.config, farm, CancellableProvider(adapter), sim
     farm = IbFarm(config)
-    return config, farm, IbDataAdapter(farm=farm, source="ib"), None
+    return config, farm, CancellableProvider(IbDataAdapter(farm=farm, source="ib")), None
 
 
 @asynccontextmanager

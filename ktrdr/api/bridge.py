@@ -4,8 +4,9 @@ Loads and backfills run on the operations' threads. Two operations never work on
 symbol and timeframe at once (``KeyLocks``): the DataManager merges each file it loaded
 earlier, so concurrent writers of one file would drop each other's bars. A lock is held until
 the DataManager call has really returned, even when the operation was cancelled or failed
-earlier. Progress comes from the DataManager's ``ProgressEvent``s; a cancelled operation
-stops at the next one.
+earlier. Progress comes from the DataManager's ``ProgressEvent``s; a cancelled operation's
+provider requests are cancelled (``cancel.CancellableProvider``) and its DataManager call
+stops at the next progress event.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from ktrdr.api.cancel import CancellableProvider
 from ktrdr.api.errors import to_api_error
 from ktrdr.api.models import (
     BackfillRequest,
@@ -63,19 +65,31 @@ def release(locks: list[asyncio.Lock]) -> None:
 
 
 async def locked_call(ctx: OperationContext, locks: KeyLocks, keys: list[tuple[str, str]],
-                      fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run blocking ``fn`` on the operations' pool while holding ``keys``.
+                      manager: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run blocking ``fn`` (a ``manager`` method) on the operations' pool holding ``keys``.
 
-    A cancelled caller returns at once; the locks stay held until ``fn`` has returned.
+    A cancelled caller returns at once; the locks stay held until ``fn`` has returned, which
+    is soon: the provider requests ``fn`` made are cancelled with the operation.
     """
     busy = locks.busy(keys)
     if busy:
         ctx.progress(0, None, "waiting for another operation on "
                               + ", ".join(f"{s} {t}" for s, t in busy))
     held = await locks.acquire(keys)
+    provider = getattr(manager, "provider", None)
+    if isinstance(provider, CancellableProvider):
+        token = ctx.cancel_event
+        ctx.on_cancel(lambda: provider.cancel(token))
+
+        def call() -> Any:
+            with provider.bound(token):
+                return fn(*args, **kwargs)
+    else:
+        def call() -> Any:
+            return fn(*args, **kwargs)
     try:
         ctx.check()
-        future = asyncio.ensure_future(ctx.run(fn, *args, **kwargs))
+        future = asyncio.ensure_future(ctx.run(call))
     except BaseException:
         release(held)
         raise
@@ -167,15 +181,15 @@ async def load(manager: Any, ctx: OperationContext, locks: KeyLocks,
     ctx.progress(0, None, f"loading {symbol} {timeframe} ({body.mode.value})")
     if body.mode is LoadMode.full:
         sink = _ProgressSink(ctx, 1)
-        reports = await locked_call(ctx, locks, keys, manager.backfill, [symbol], timeframe,
-                                    body.start, body.end, progress=sink)
+        reports = await locked_call(ctx, locks, keys, manager, manager.backfill, [symbol],
+                                    timeframe, body.start, body.end, progress=sink)
         if reports and reports[0].exception is not None:
             raise reports[0].exception
         result = _result([report_model(r, timeframe) for r in reports])
     else:
         loop = asyncio.get_running_loop()
         began = loop.time()
-        frame = await locked_call(ctx, locks, keys, manager.load_data, symbol, timeframe,
+        frame = await locked_call(ctx, locks, keys, manager, manager.load_data, symbol, timeframe,
                                   body.start, body.end, mode=body.mode.value)
         result = _result([_frame_report(frame, symbol, timeframe, loop.time() - began)])
     ctx.progress(1, 1, "done")
@@ -189,7 +203,7 @@ async def backfill(manager: Any, ctx: OperationContext, locks: KeyLocks,
     timeframe = body.timeframe.value
     ctx.progress(0, None, f"backfilling {len(symbols)} symbols ({timeframe})")
     sink = _ProgressSink(ctx, len(symbols))
-    reports = await locked_call(ctx, locks, [(s, timeframe) for s in symbols],
+    reports = await locked_call(ctx, locks, [(s, timeframe) for s in symbols], manager,
                                 manager.backfill, symbols, timeframe, body.start, body.end,
                                 progress=sink)
     return _result([report_model(r, timeframe) for r in reports])

@@ -60,6 +60,24 @@ class OperationContext:
         self._op = op
         self._pool = pool
         self.cancel_event = threading.Event()
+        self._hooks: list[Callable[[], object]] = []
+
+    def on_cancel(self, hook: Callable[[], object]) -> None:
+        """Call ``hook`` when the operation is cancelled or aborted (at once if it was)."""
+        self._hooks.append(hook)
+        if self.cancel_event.is_set():
+            hook()
+
+    def cancel(self) -> None:
+        """Mark the operation cancelled and run the hooks (the work stops at its next check)."""
+        if self.cancel_event.is_set():
+            return
+        self.cancel_event.set()
+        for hook in self._hooks:
+            try:
+                hook()
+            except Exception:  # a failing hook must not stop the others
+                log.exception("cancel hook failed")
 
     @property
     def cancelled(self) -> bool:
@@ -192,7 +210,7 @@ class OperationRegistry:
         else:
             self._finish(op, OperationStatus.failed, problem_of(abort, self._instance(op)))
         if op.ctx is not None:
-            op.ctx.cancel_event.set()
+            op.ctx.cancel()
         if op.task is not None and not op.task.done():
             op.task.cancel()
 

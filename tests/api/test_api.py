@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from datetime import datetime, timezone
 
 import pyarrow as pa
@@ -198,13 +199,22 @@ def test_unanswered_request_is_504_in_the_operation(api):
 def test_cancel_a_running_operation(api):
     op = api.start("/data/load", {"symbol": "NVDA", "timeframe": "1h", "start": "2024-05-01",
                                   "end": "2024-06-01", "mode": "full"})
-    wait_until(lambda: api.operation(op["id"])["status"] == "running", what="running")
+    # running, and its bar request sent (the gateway never answers NVDA's)
+    wait_until(lambda: api.operation(op["id"])["progress"]["total"] == 1, what="the fetch")
+    time.sleep(0.3)
     response = api.client.delete(f"/operations/{op['id']}")
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "cancelled"
     assert body["error"]["kind"] == "cancelled" and body["error"]["status"] == 409
     assert api.operation(op["id"])["status"] == "cancelled"
+    # its IB requests were cancelled too: the next operation on NVDA 1h does not wait for
+    # the unanswered request's 3 s time-out before it may touch the file
+    began = time.monotonic()
+    local = api.wait_operation(api.start("/data/load", {
+        "symbol": "NVDA", "timeframe": "1h", "mode": "local"})["id"])
+    assert time.monotonic() - began < 2.0
+    assert local["status"] == "failed" and local["error"]["kind"] == "not_found"
     # a finished operation is returned unchanged
     assert api.client.delete(f"/operations/{op['id']}").json()["status"] == "cancelled"
     listed = api.client.get("/operations").json()["operations"]
