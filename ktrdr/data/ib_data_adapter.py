@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any
@@ -186,6 +187,11 @@ class IbDataAdapter(ExternalDataProvider):
         self._config = farm.config if farm is not None else FarmConfig.from_env(**overrides)
         self.source = source
         self._resolved: dict[tuple[str, str | None], _Resolved] = {}
+        # Farm futures of look-ups, shared by concurrent callers (any thread, any loop), so a
+        # symbol's contract details and head timestamp are asked once: IB counts a repeated
+        # head-timestamp request within 15 s as a pacing violation.
+        self._lookups: dict[tuple, Any] = {}
+        self._lookups_lock = threading.Lock()
         self._errors = 0
         self._last_request: datetime | None = None
 
@@ -198,12 +204,15 @@ class IbDataAdapter(ExternalDataProvider):
             self._farm = IbFarm(self._config)
         return self._farm
 
-    async def _await(self, future, context: str) -> Any:
+    async def _await(self, future, context: str, shared: bool = False) -> Any:
+        """The result of a farm future; a shared one is not cancelled with its waiter."""
         self._last_request = datetime.now(timezone.utc)
         try:
-            return await asyncio.wrap_future(future)
+            waiter = asyncio.wrap_future(future)
+            return await (asyncio.shield(waiter) if shared else waiter)
         except asyncio.CancelledError:
-            future.cancel()
+            if not shared:
+                future.cancel()
             raise
         except Exception as exc:
             self._errors += 1
@@ -220,10 +229,22 @@ class IbDataAdapter(ExternalDataProvider):
 
     # ----------------------------------------------------------------- contracts
 
+    def _lookup(self, key: tuple, start) -> Any:
+        """The farm future of look-up ``key``, started by ``start()`` unless one is running or
+        has succeeded."""
+        with self._lookups_lock:
+            future = self._lookups.get(key)
+            if future is None or (future.done() and (future.cancelled()
+                                                     or future.exception() is not None)):
+                future = self._lookups[key] = start()
+            return future
+
     async def _details(self, contract: Contract) -> list:
+        key = ("details", contract.secType, contract.symbol, contract.currency)
+        future = self._lookup(key, lambda: self.farm.contract_details(contract))
         try:
-            return list(await self._await(self.farm.contract_details(contract),
-                                          f"contract details of {contract.symbol}"))
+            return list(await self._await(future, f"contract details of {contract.symbol}",
+                                          shared=True))
         except DataProviderNotFoundError:
             return []
 
@@ -333,9 +354,10 @@ class IbDataAdapter(ExternalDataProvider):
     async def get_head_timestamp(self, symbol: str, timeframe: str | None = None,
                                  instrument_type: str | None = None) -> datetime | None:
         resolved = await self._resolve(symbol, instrument_type)
-        stamp = await self._await(
-            self.farm.head_timestamp(resolved.contract, resolved.what_to_show, True),
-            f"head timestamp of {resolved.symbol}")
+        key = ("head", resolved.contract.secType, resolved.symbol, resolved.what_to_show)
+        future = self._lookup(key, lambda: self.farm.head_timestamp(
+            resolved.contract, resolved.what_to_show, True))
+        stamp = await self._await(future, f"head timestamp of {resolved.symbol}", shared=True)
         return as_utc(stamp) if stamp else None
 
     async def get_current_time(self) -> datetime:

@@ -1,0 +1,79 @@
+"""IbDataAdapter: symbols to contracts, errors as the data layer's own, shared look-ups."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+
+import pytest
+
+from ibfarm.errors import ErrorKind, IbError, error_from
+from ktrdr.data import external_data_interface as edi
+from ktrdr.data.ib_data_adapter import map_ib_error
+
+UTC = timezone.utc
+
+
+@pytest.mark.parametrize("kind,expected", [
+    (ErrorKind.CONTRACT_NOT_FOUND, edi.DataProviderNotFoundError),
+    (ErrorKind.NO_PERMISSION, edi.DataProviderPermissionError),
+    (ErrorKind.INVALID_REQUEST, edi.DataProviderInvalidRequestError),
+    (ErrorKind.PACING, edi.DataProviderRateLimitError),
+    (ErrorKind.TOO_MANY_REQUESTS, edi.DataProviderRateLimitError),
+    (ErrorKind.CONNECTION, edi.DataProviderConnectionError),
+    (ErrorKind.TIMEOUT, edi.DataProviderConnectionError),
+    (ErrorKind.WORKER_CRASHED, edi.DataProviderConnectionError),
+    (ErrorKind.RETRYABLE, edi.DataProviderError),
+])
+def test_ib_errors_become_data_layer_errors(kind, expected):
+    error = map_ib_error(IbError(354, "Not subscribed", kind), "AAPL 1h")
+    assert type(error) is expected
+    assert error.error_code == 354 and error.provider == "IB" and error.hint
+    assert "AAPL 1h: Not subscribed" in str(error)
+    assert not isinstance(error, IbError)
+
+
+def test_unknown_symbol_code_200():
+    error = map_ib_error(error_from(200, "No security definition has been found"))
+    assert isinstance(error, edi.DataProviderNotFoundError) and error.error_code == 200
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_symbols_resolve_to_the_right_instruments(provider):
+    kinds = {s: run(provider.get_contract_details(s)).instrument_type
+             for s in ("AAPL", "EUR.USD", "SPX", "ES")}
+    assert kinds == {"AAPL": "stock", "EUR.USD": "forex", "SPX": "index", "ES": "future"}
+    info = run(provider.get_contract_details("EUR.USD"))
+    assert info.time_zone == "America/New_York" and info.sessions and info.closed_days
+    assert run(provider.validate_symbol("NOSUCH")) is False
+    assert run(provider.validate_symbol("AAPL", "stock")) is True
+    with pytest.raises(edi.DataProviderInvalidRequestError, match="unknown instrument type"):
+        run(provider.validate_symbol("AAPL", "bond"))
+
+
+def test_concurrent_look_ups_are_asked_once(provider, sim):
+    before = sim.stats()["requests"].get("head_timestamp", 0)
+
+    async def many():
+        return await asyncio.gather(*(provider.get_head_timestamp("GOOGL") for _ in range(5)))
+
+    heads = run(many())
+    assert len(set(heads)) == 1 and heads[0] == datetime(2004, 8, 19, 13, 30, tzinfo=UTC)
+    assert sim.stats()["requests"]["head_timestamp"] - before == 1
+
+
+def test_fetch_rejects_bad_requests(provider):
+    start, end = datetime(2024, 1, 2, tzinfo=UTC), datetime(2024, 1, 1, tzinfo=UTC)
+    with pytest.raises(edi.DataProviderInvalidRequestError, match="not after start"):
+        run(provider.fetch_historical_data("AAPL", "1h", start, end))
+    with pytest.raises(edi.DataProviderInvalidRequestError, match="unsupported timeframe"):
+        run(provider.fetch_historical_data("AAPL", "3h", end, start))
+
+
+def test_health_check_and_clock(provider, clock):
+    health = run(provider.health_check())
+    assert health["healthy"] and health["server_time"] == clock.now
+    assert health["farm"]["workers"] >= 1
