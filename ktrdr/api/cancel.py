@@ -17,13 +17,16 @@ import threading
 from collections.abc import Coroutine, Iterator
 from typing import Any
 
-from ktrdr.data.external_data_interface import ExternalDataProvider
+from ktrdr.data.external_data_interface import DataProviderError, ExternalDataProvider
 
 log = logging.getLogger(__name__)
 
 
-class CancelledByOperation(Exception):
-    """A provider call of an operation that was cancelled before it started."""
+class CancelledByOperation(DataProviderError):
+    """A provider call of an operation that was cancelled (or stopped by an outage)."""
+
+    def __init__(self, message: str = "the operation was cancelled"):
+        super().__init__(message, "api", 0, "start the operation again if still needed")
 
 
 class CancellableProvider(ExternalDataProvider):
@@ -68,12 +71,16 @@ class CancellableProvider(ExternalDataProvider):
     async def _run(self, token: threading.Event, coro: Coroutine) -> Any:
         if token.is_set():
             coro.close()
-            raise CancelledByOperation("the operation was cancelled")
+            raise CancelledByOperation()
         entry = (asyncio.get_running_loop(), asyncio.current_task())
         with self._lock:
             self._running.setdefault(token, set()).add(entry)
         try:
             return await coro
+        except asyncio.CancelledError:
+            if token.is_set():  # our cancel: report it as the provider error it means
+                raise CancelledByOperation() from None
+            raise
         finally:
             with self._lock:
                 tasks = self._running.get(token)

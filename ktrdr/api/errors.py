@@ -189,6 +189,7 @@ def _chain(exc: BaseException):
 #: The data layer's exceptions by class name (most specific first) -> kind, for provider
 #: errors that do not carry an ``IbError`` as their cause, and for store errors.
 _CLASS_KINDS: tuple[tuple[str, str], ...] = (
+    ("CancelledByOperation", ErrorKind.CANCELLED.value),
     ("DataProviderNotFoundError", ErrorKind.CONTRACT_NOT_FOUND.value),
     ("DataProviderPermissionError", ErrorKind.NO_PERMISSION.value),
     ("DataProviderInvalidRequestError", ErrorKind.INVALID_REQUEST.value),
@@ -287,10 +288,25 @@ def install(app: FastAPI) -> None:
                        headers=dict(exc.headers or {}))
         return problem_response(err, request)
 
+    async def on_known(request: Request, exc: Exception) -> JSONResponse:
+        return problem_response(to_api_error(exc), request)
+
+    # Errors of known types are answered here (the connection stays usable); anything else
+    # reaches Starlette's server-error middleware, which answers the 500 problem below and
+    # then lets the server log the exception.
+    for known in _known_exceptions():
+        app.add_exception_handler(known, on_known)
+
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        err = to_api_error(exc)
-        if err.kind == "internal":
-            log.exception("unhandled error on %s %s", request.method, request.url.path,
-                          exc_info=exc)
-        return problem_response(err, request)
+        return problem_response(to_api_error(exc), request)
+
+
+def _known_exceptions() -> list[type[BaseException]]:
+    from ibfarm.errors import IbError
+    from ktrdr.data.data_manager import DataError
+    from ktrdr.data.external_data_interface import DataProviderError
+    from ktrdr.data.store import StoreError
+
+    return [IbError, DataProviderError, DataError, StoreError, ValueError, TimeoutError,
+            concurrent.futures.TimeoutError]

@@ -56,6 +56,7 @@ class ApiServer:
                  **env: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = data_dir
         self.log_path = log_path
         self.token = token
         environ = {k: v for k, v in os.environ.items()

@@ -108,6 +108,13 @@ def test_unknown_operation_and_unstored_data_are_404(api):
     assert "load" in body["hint"]
 
 
+def test_unreadable_stored_file_is_500_store_corrupt(api):
+    api.data_dir.mkdir(parents=True, exist_ok=True)
+    (api.data_dir / "SPX_1w.parquet").write_bytes(b"not parquet")
+    body = assert_problem(api.client.get("/data/SPX/1w"), 500, "store_corrupt")
+    assert "SPX_1w.parquet" in body["detail"]
+
+
 # --- loading and reading bars ------------------------------------------------------------------
 
 def test_load_operation_reports_its_result(loaded):

@@ -1,24 +1,27 @@
 """Bearer-token protection, and IB pacing violations answered as 429 with Retry-After.
 
-The server here has a token and a farm that neither paces itself (``IBFARM_PACING=off``)
-nor retries (``tests.api.launch --no-retry``), talking to a gateway that enforces IB's
-rules, so a violation reaches the API.
+The server here has a token and a farm that does not retry (``tests.api.launch
+--no-retry``), talking to a gateway that enforces IB's rules, so a violation reaches the API.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from ibfarm import IbFarm
 from tests.api.conftest import assert_problem
 
 TOKEN = "s3cret-token"
 
 
 @pytest.fixture(scope="module")
-def api(make_gateway, make_server):
-    gateway = make_gateway(pacing="ib")
-    return make_server(gateway, token=TOKEN, no_retry=True, IBFARM_PACING="off",
-                       IBFARM_MAX_WORKERS="1",
+def gateway(make_gateway):
+    return make_gateway(pacing="ib")
+
+
+@pytest.fixture(scope="module")
+def api(gateway, make_server):
+    return make_server(gateway, token=TOKEN, no_retry=True, IBFARM_MAX_WORKERS="1",
                        IBFARM_CLIENT_IDS="60-62")
 
 
@@ -45,11 +48,14 @@ def test_the_token_lets_requests_through(api):
     assert api.client.get("/health").status_code == 200
 
 
-def test_pacing_violation_is_429_with_retry_after(api):
-    first = api.client.get("/symbols/IBM")
-    assert first.status_code == 200, first.text
-    # a second head-timestamp request for IBM within 15 s breaks IB's identical-request rule
-    again = api.client.get("/symbols/IBM", params={"timeframe": "1h"})
-    body = assert_problem(again, 429, "pacing", 162)
-    assert int(again.headers["retry-after"]) > 0
+def test_pacing_violation_is_429_with_retry_after(api, gateway):
+    # Another client of the same gateway asks for IBM's head timestamp; the API's identical
+    # request within 15 s breaks IB's identical-request rule.
+    with IbFarm(port=gateway.port, pacing="off", client_ids=range(90, 91), max_workers=1,
+                connect_timeout=5.0, request_timeout=10.0) as other:
+        other.head_timestamp("IBM").result(10)
+    response = api.client.get("/symbols/IBM")
+    body = assert_problem(response, 429, "pacing", 162)
+    assert int(response.headers["retry-after"]) > 0
     assert "pacing" in body["detail"].lower()
+    assert gateway.stats()["pacing_violations"] == 1
