@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ibfarm.errors import RetryPolicy
 from ibfarm.pacing import PacingPolicy
 
 
@@ -48,6 +49,9 @@ class FarmConfig:
         connect_timeout: seconds one connection attempt may take.
         pacing: a ``PacingPolicy`` or a preset name ("ib", "conservative", "off").
         max_retries: times a request is retried on another worker after its worker died.
+        retry: how a worker retries a request IB answered with a transient error (pacing
+            violation, too many open requests, a farm or connection outage): back-off and
+            attempts; fatal errors (unknown contract, invalid request, ...) never retry.
         readonly: connect read-only (faster: no order state to synchronise).
     """
 
@@ -60,6 +64,7 @@ class FarmConfig:
     connect_timeout: float = 10.0
     pacing: PacingPolicy | str = "ib"
     max_retries: int = 3
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     readonly: bool = True
 
     def __post_init__(self):

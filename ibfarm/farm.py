@@ -58,6 +58,7 @@ from ibfarm.bars import BAR_SCHEMA, BarRequest, bar_seconds, normalize_bar_size,
 from ibfarm.config import FarmConfig
 from ibfarm.contracts import make_contract
 from ibfarm.errors import (
+    ClientIdInUseError,
     FarmShutdownError,
     InvalidRequestError,
     RequestTimeoutError,
@@ -95,6 +96,7 @@ class _WorkItem:
     deadline: float = 0.0
     attempts: int = 0
     worker: _WorkerHandle | None = None
+    failure: BaseException | None = None  # fail with this at the deadline, not a timeout
 
 
 @dataclass(eq=False)
@@ -161,6 +163,7 @@ class _Manager:
         self.totals = dict.fromkeys(
             ("submitted", "completed", "failed", "retried", "timed_out", "spawned",
              "crashed", "idle_exits"), 0)
+        self.ib_retries: dict[str, int] = {}  # retries after transient IB errors, by kind
         self._call_ids = itertools.count(1)
         self._worker_ids = itertools.count(1)
         self._process_cls, self._pipe = worker_mod.process_factory()
@@ -171,8 +174,12 @@ class _Manager:
             host=config.host, port=config.port, connect_timeout=config.connect_timeout,
             idle_timeout=config.idle_timeout, readonly=config.readonly,
             schema_message=BAR_SCHEMA.serialize().to_pybytes(), pacer=self.pacer,
+            retry=config.retry,
             parent_pid=os.getpid(), log_level=log_level)
         self.next_check = math.inf  # earliest deadline of any item (or later)
+        # The wake-up pipe's fds are closed once, under this lock, and never used after: a
+        # stray write to a closed (and reused) fd number would corrupt someone else's stream.
+        self._wake_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -208,6 +215,13 @@ class _Manager:
         if handle is None:
             item.worker = None
             self.pending.append(item)
+            if not self.workers and self._free_client_id() is None:
+                ids = self.config.client_ids
+                item.failure = ClientIdInUseError(326, (
+                    f"every client id in {ids.start}..{ids.stop - 1} is in use by another "
+                    "client; free one or give the farm others (IBFARM_CLIENT_IDS)"))
+                item.deadline = self.next_check = now  # the manager fails it at once
+                self.wake()
             return []
         item.attempts += 1
         item.worker = handle
@@ -263,10 +277,13 @@ class _Manager:
         return handle
 
     def wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except (BlockingIOError, OSError):
-            pass
+        with self._wake_lock:
+            if self._wake_w is None:
+                return
+            try:
+                os.write(self._wake_w, b"x")
+            except (BlockingIOError, OSError):
+                pass
 
     # ----------------------------------------------------------------- the manager thread
 
@@ -391,6 +408,12 @@ class _Manager:
                 else:
                     handle.client_id = new_id
                     sends = [(handle, worker_mod.Control("client_id", new_id))]
+            elif event.kind == "retry":
+                self.ib_retries[event.state] = self.ib_retries.get(event.state, 0) + 1
+                item = handle.in_flight.get(event.call_id)
+                if item is not None:  # the back-off must not count against the deadline
+                    item.deadline = (time.monotonic() + event.delay
+                                     + self.config.request_timeout + TIMEOUT_GRACE)
             elif event.kind == "idle" and not handle.in_flight and not handle.retiring:
                 handle.retiring, handle.state = True, "retiring"
                 self.totals["idle_exits"] += 1
@@ -459,7 +482,7 @@ class _Manager:
         self._flush(sends)
         for item in expired:
             where = f"worker {item.worker.worker_id}" if item.worker else "any worker"
-            _resolve(item.future, error=RequestTimeoutError(0, (
+            _resolve(item.future, error=item.failure or RequestTimeoutError(0, (
                 f"no answer from {where} within {self.config.request_timeout:g} s")))
 
     # ----------------------------------------------------------------- shutdown
@@ -507,11 +530,13 @@ class _Manager:
         self._selector.close()
         if self.pacer is not None:
             self.pacer.close()
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        with self._wake_lock:
+            for fd in (self._wake_r, self._wake_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._wake_r = self._wake_w = None
 
     # ----------------------------------------------------------------- status
 
@@ -528,7 +553,8 @@ class _Manager:
             } for w in workers]
             farm = dict(self.totals, workers=len(workers), max_workers=self.config.max_workers,
                         in_flight=sum(r["in_flight"] for r in rows), pending=len(self.pending),
-                        shutdown=self.shutting_down, broken=self.broken)
+                        shutdown=self.shutting_down, broken=self.broken,
+                        ib_retries=dict(self.ib_retries))
         for handle, row in zip(workers, rows, strict=True):
             row.update(_process_usage(handle))
         pacer = None

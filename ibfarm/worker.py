@@ -104,12 +104,16 @@ class Result:
 
 @dataclass(slots=True)
 class Event:
-    """News from the worker: "state" (``state``, ``detail``), "id_in_use", "idle"."""
+    """News from the worker: "state" (``state``, ``detail``), "id_in_use", "idle", and
+    "retry" (call ``call_id`` got a transient IB error of kind ``state``; retried after
+    ``delay`` seconds)."""
 
     kind: str
     state: str = ""
     client_id: int = 0
     detail: str = ""
+    call_id: int = 0
+    delay: float = 0.0
 
 
 @dataclass
@@ -123,6 +127,7 @@ class WorkerSettings:
         readonly: connect read-only.
         schema_message: the Arrow schema message that starts every bars stream.
         pacer: a ``SharedPacer`` (pickled as "attach to the same budget") or None.
+        retry: the ``RetryPolicy`` for transient IB errors (None: never retry).
         parent_pid: the manager's pid, watched so the worker never outlives it.
         log_level: level of the worker's own log (ib_insync's stays quieter).
     """
@@ -134,6 +139,7 @@ class WorkerSettings:
     readonly: bool
     schema_message: bytes
     pacer: Any = None
+    retry: Any = None
     parent_pid: int = 0
     log_level: int = logging.WARNING
 
@@ -363,9 +369,16 @@ class Worker:
             expired = True
             task.cancel()
 
-        timer = asyncio.get_running_loop().call_later(call.timeout, expire)
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(call.timeout, expire)
+
+        def extend(delay: float) -> None:  # a retry's back-off is not the attempt's time
+            nonlocal timer
+            timer.cancel()
+            timer = loop.call_later(delay + call.timeout, expire)
+
         try:
-            value = await self._attempts(call)
+            value = await self._attempts(call, extend)
         except asyncio.CancelledError:
             if expired:
                 self._send(Result(call.call_id, error=self._timeout_error(call)))
@@ -391,12 +404,25 @@ class Worker:
                 detail += f" ({self._last_error})"
         return RequestTimeoutError(0, detail)
 
-    async def _attempts(self, call: Call) -> Any:
+    async def _attempts(self, call: Call, extend) -> Any:
         handler = getattr(self, "_op_" + call.op)
+        failures = 0
         while True:
             await self._connected.wait()
             try:
                 return await handler(*call.args)
+            except RequestError as exc:
+                failures += 1
+                error = error_from(exc.code, exc.message)
+                retry = self.settings.retry
+                delay = retry.delay(failures, error.kind) if retry is not None else None
+                if delay is None:
+                    raise error from None
+                log.warning("worker %d: call %d got %s; retry %d in %.2f s", self.worker_id,
+                            call.call_id, error, failures, delay)
+                extend(delay)
+                self._send(Event("retry", error.kind.value, call_id=call.call_id, delay=delay))
+                await asyncio.sleep(delay)
             except (ConnectionError, _Resend) as exc:
                 if self._stopping:
                     raise

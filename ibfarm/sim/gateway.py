@@ -575,7 +575,7 @@ class _Session:
         stats.max_open_requests = max(stats.max_open_requests, stats.open_requests)
         task = asyncio.get_running_loop().create_task(self._serve(query, inst, start, end))
         self.historical[query.req_id] = task
-        task.add_done_callback(lambda _t, rid=query.req_id: self._finished(rid))
+        task.add_done_callback(lambda t, rid=query.req_id: self._finished(rid, t))
 
     def _should_drop(self) -> bool:
         gw = self.gw
@@ -654,9 +654,13 @@ class _Session:
         gw._stats.client(self.client_id)["bars"] += count
         await self.writer.drain()
 
-    def _finished(self, req_id: int) -> None:
+    def _finished(self, req_id: int, task: asyncio.Task) -> None:
         if self.historical.pop(req_id, None) is not None:
             self.gw._stats.open_requests -= 1
+        if not task.cancelled() and task.exception() is not None:
+            log.error("historical request %d failed inside the gateway", req_id,
+                      exc_info=task.exception())
+            self.error(req_id, 162, hmds.HMDS_PREFIX + "HMDS server error")
 
     def _cancel_historical(self, reader: p.FieldReader) -> None:
         reader.int()  # version
