@@ -30,6 +30,7 @@ from ktrdr.api.errors import ApiError
 from ktrdr.api.gateway import GatewayMonitor
 from ktrdr.api.operations import OperationRegistry
 from ktrdr.api.settings import ApiSettings
+from ktrdr.data.data_manager import DataManager
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class Services:
     farm_config: FarmConfig
     farm: IbFarm
     provider: CancellableProvider  # over the IbDataAdapter
-    manager: Any  # a DataManager
+    manager: DataManager
     monitor: GatewayMonitor
     operations: OperationRegistry
     locks: KeyLocks
@@ -105,11 +106,10 @@ def _start_data_layer(settings: ApiSettings) -> tuple[FarmConfig, IbFarm, Any, A
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    from ktrdr.data.data_manager import DataManager
-
     settings: ApiSettings = app.state.settings
     farm_config, farm, provider, sim = _start_data_layer(settings)
-    manager = None
+    manager: DataManager | None = None
+    operations: OperationRegistry | None = None
     try:
         manager = DataManager(data_dir=settings.data_dir, provider=provider)
         warm = getattr(manager, "_run", None)
@@ -127,9 +127,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                  farm_config.host, farm_config.port,
                  "reachable" if health.reachable else f"unreachable ({health.error})")
         yield
-        await operations.close()
     finally:
         loop = asyncio.get_running_loop()
+        if operations is not None:
+            await operations.close()
         if manager is not None:
             await loop.run_in_executor(None, manager.close)
         if sim is not None:

@@ -318,7 +318,13 @@ class OperationRegistry:
             tasks.append(self._watchdog)
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
+        # The work's threads end soon after their provider calls were cancelled; wait for
+        # them (bounded), so nothing is still using the DataManager when it is closed.
         self._pool.shutdown(wait=False, cancel_futures=True)
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._pool.shutdown, True), timeout)
+        except asyncio.TimeoutError:
+            log.warning("operation threads still busy after %.0f s; closing anyway", timeout)
 
     def __len__(self) -> int:
         return len(self._ops)
