@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 from typing import Annotated, Any
@@ -11,7 +12,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fastapi import APIRouter, Header, Path, Query, Response
-from fastapi.responses import JSONResponse
 
 from ibfarm.errors import ErrorKind
 from ktrdr.api import bridge, errors
@@ -111,6 +111,10 @@ def _json_body(frame: pd.DataFrame, symbol: str, timeframe: str) -> dict[str, An
             "count": len(bars), "bars": bars}
 
 
+def _json_bytes(frame: pd.DataFrame, symbol: str, timeframe: str) -> bytes:
+    return json.dumps(_json_body(frame, symbol, timeframe), separators=(",", ":")).encode()
+
+
 _BAR_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "the bars: JSON by default, an Arrow IPC stream or a Parquet file on "
                          "request (Accept)",
@@ -146,7 +150,8 @@ async def get_bars(
         raise ApiError("not_found", f"no {timeframe.value} bars of {symbol} are stored",
                        hint="load them first: POST /api/v1/data/load")
     if media == JSON:
-        return JSONResponse(_json_body(frame, symbol, timeframe.value))
+        body = await asyncio.to_thread(_json_bytes, frame, symbol, timeframe.value)
+        return Response(body, media_type=JSON)
     table = bars_table(frame, symbol, timeframe.value)
     if media == ARROW:
         body = await asyncio.to_thread(_arrow_body, table)
