@@ -39,7 +39,13 @@ def test_unknown_symbol_code_200():
 
 
 def run(coro):
-    return asyncio.run(coro)
+    """Run ``coro`` on a loop of its own (``asyncio.run`` would leave the main thread without
+    the event loop that ib_insync's synchronous API in later tests looks for)."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
 
 
 def test_symbols_resolve_to_the_right_instruments(provider):
