@@ -48,6 +48,9 @@ class FarmConfig:
             ``RequestTimeoutError`` and is cancelled at the gateway.
         connect_timeout: seconds one connection attempt may take.
         pacing: a ``PacingPolicy`` or a preset name ("ib", "conservative", "off").
+        pacing_margin: seconds added to every pacing window: the gateway times a request when
+            it reads it, a little after the pacer granted it (raise it on a loaded machine
+            or with heavily scaled-down windows).
         max_retries: times a request is retried on another worker after its worker died.
         retry: how a worker retries a request IB answered with a transient error (pacing
             violation, too many open requests, a farm or connection outage): back-off and
@@ -63,6 +66,7 @@ class FarmConfig:
     request_timeout: float = 60.0
     connect_timeout: float = 10.0
     pacing: PacingPolicy | str = "ib"
+    pacing_margin: float = 0.05
     max_retries: int = 3
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     readonly: bool = True
@@ -97,7 +101,7 @@ class FarmConfig:
 
         Reads ``IBFARM_MAX_WORKERS``, ``IBFARM_CLIENT_IDS`` (e.g. ``"10-20"``),
         ``IBFARM_IDLE_TIMEOUT``, ``IBFARM_REQUEST_TIMEOUT``, ``IBFARM_CONNECT_TIMEOUT``,
-        ``IBFARM_PACING`` (a preset name) and ``IBFARM_MAX_RETRIES``.
+        ``IBFARM_PACING`` (a preset name), ``IBFARM_PACING_MARGIN`` and ``IBFARM_MAX_RETRIES``.
 
         Args:
             env: the environment to read (default ``os.environ``).
@@ -113,6 +117,7 @@ class FarmConfig:
             "request_timeout": ("IBFARM_REQUEST_TIMEOUT", float),
             "connect_timeout": ("IBFARM_CONNECT_TIMEOUT", float),
             "pacing": ("IBFARM_PACING", str),
+            "pacing_margin": ("IBFARM_PACING_MARGIN", float),
             "max_retries": ("IBFARM_MAX_RETRIES", int),
         }
         values = {}

@@ -168,7 +168,8 @@ class _Manager:
         self._worker_ids = itertools.count(1)
         self._process_cls, self._pipe = worker_mod.process_factory()
         policy = config.pacing_policy
-        self.pacer = SharedPacer(f"{config.host}:{config.port}", policy) \
+        self.pacer = SharedPacer(f"{config.host}:{config.port}", policy,
+                                 margin=config.pacing_margin) \
             if policy.enabled else None
         self.settings = worker_mod.WorkerSettings(
             host=config.host, port=config.port, connect_timeout=config.connect_timeout,

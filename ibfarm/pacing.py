@@ -65,7 +65,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Hashable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from multiprocessing import resource_tracker, shared_memory
 
@@ -438,6 +438,7 @@ class SharedPacer:
         self._pid, self._start = os.getpid(), psutil.Process().create_time()
         self._thread_lock = threading.Lock()
         self._held: set[int] = set()
+        self._history_of: dict[int, tuple[int, int]] = {}  # slot -> (history index, key#)
         self._closed = False
         self._fd = _open_lock(self._lock_path)  # returned locked
         try:
@@ -477,16 +478,17 @@ class SharedPacer:
             return max(max(known, default=POLL), 1e-6)
 
     @contextlib.asynccontextmanager
-    async def historical(self, request: PacedRequest) -> AsyncIterator[None]:
+    async def historical(self, request: PacedRequest) -> AsyncIterator[Callable[[], None]]:
         """Wait for the rules, spacing, an open slot and one message; hold the slot in the block.
 
-        Send the request as soon as the block is entered: the windows' ``margin`` is all the
-        time a grant may take to reach the gateway. The slot is freed on leaving the block,
-        whether by return, exception or cancellation.
+        The block receives ``sent``: call it right after the request went out. The grant is
+        then dated by the send, not by the grant, so a process descheduled between the two
+        cannot make the gateway see requests closer together than the rules allow. The slot
+        is freed on leaving the block, whether by return, exception or cancellation.
         """
         slot = await self._acquire(self._historical_want(request))
         try:
-            yield
+            yield lambda: self._sent(slot)
         finally:
             if slot is not None:
                 self._release(slot)
@@ -600,9 +602,10 @@ class SharedPacer:
 
     def _grant(self, want: _Want, now: float) -> int | None:
         h, t = self._h, self._t
+        index = None
         if want.kind == _SMALL_HIST:
-            t["history"][int(h["hist_head"]) % N_HISTORY] = (now, want.key, want.contract,
-                                                             want.weight)
+            index = int(h["hist_head"]) % N_HISTORY
+            t["history"][index] = (now, want.key, want.contract, want.weight)
             h["hist_head"] += 1
         head = int(h["msg_head"])
         t["msgs"][np.arange(head, head + want.messages) % N_MESSAGES] = now
@@ -617,13 +620,30 @@ class SharedPacer:
         h["next_token"] = token
         t["slots"][slot] = (self._pid, self._start, now, token)
         self._held.add(slot)
+        if index is not None:
+            self._history_of[slot] = (index, want.key)
         return slot
+
+    def _sent(self, slot: int | None) -> None:
+        """Re-date ``slot``'s grant to now (only ever later: the rules stay satisfied)."""
+        if slot is None or self._closed:
+            return
+        with self._locked():
+            now = time.monotonic()
+            h, t = self._h, self._t
+            h["last_hist"] = max(float(h["last_hist"]), now)
+            index, key = self._history_of.pop(slot, (None, None))
+            if index is not None:
+                record = t["history"][index]
+                if int(record["key"]) == key and float(record["t"]) < now:
+                    record["t"] = now
 
     def _release(self, slot: int) -> None:
         if self._closed:  # close() already gave the slot back
             return
         with self._locked():
             self._held.discard(slot)
+            self._history_of.pop(slot, None)
             row = self._t["slots"][slot]
             if int(row["pid"]) == self._pid:
                 self._t["slots"][slot] = (0, 0.0, 0.0, 0)

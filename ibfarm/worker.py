@@ -152,6 +152,14 @@ class _Resend(Exception):
     """The gateway lost what was in flight (1101): send it again."""
 
 
+def _then(start, after):
+    """``start(req_id)``, then ``after()``: a request sent, then its pacing grant re-dated."""
+    def go(req_id: int) -> None:
+        start(req_id)
+        after()
+    return go
+
+
 class _NoPacer:
     """Stands in for a ``SharedPacer`` when pacing is off."""
 
@@ -160,7 +168,7 @@ class _NoPacer:
 
     @contextlib.asynccontextmanager
     async def historical(self, request: PacedRequest):
-        yield
+        yield lambda: None
 
     def close(self) -> None:
         return None
@@ -187,6 +195,11 @@ class Worker:
         self.settings = settings
         self.ib = IB()
         self.ib.RaiseRequestErrors = True
+        if settings.pacer is not None:
+            # The shared pacer meters messages for every process; ib_insync's own per-client
+            # throttle would only delay sends after their grant, which the gateway then sees
+            # bunched together.
+            self.ib.client.MaxRequests = 0
         self._calls: dict[int, asyncio.Task] = {}
         self._live: dict[int, asyncio.Future] = {}  # IB request id -> its future
         self._connected = asyncio.Event()
@@ -467,11 +480,11 @@ class Worker:
         client = self.ib.client
         bars = BarDataList()
         try:
-            async with self._pacer.historical(paced):
+            async with self._pacer.historical(paced) as sent:
                 await self._request(
-                    lambda rid: client.reqHistoricalData(
+                    _then(lambda rid: client.reqHistoricalData(
                         rid, contract, end, duration, bar_size, what_to_show, use_rth, 2,
-                        False, []),
+                        False, []), sent),
                     client.cancelHistoricalData, contract, bars)
         except RequestError as exc:
             if classify(exc.code, exc.message) is not ErrorKind.NO_DATA:
@@ -482,9 +495,10 @@ class Worker:
     async def _op_head_timestamp(self, contract: Contract, what_to_show: str, use_rth: bool,
                                  paced: PacedRequest) -> datetime:
         client = self.ib.client
-        async with self._pacer.historical(paced):
+        async with self._pacer.historical(paced) as sent:
             stamp = await self._request(
-                lambda rid: client.reqHeadTimeStamp(rid, contract, what_to_show, use_rth, 2),
+                _then(lambda rid: client.reqHeadTimeStamp(rid, contract, what_to_show, use_rth,
+                                                          2), sent),
                 client.cancelHeadTimeStamp, contract, cancel_after=True)
         return _utc(stamp)
 

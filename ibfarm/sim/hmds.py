@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import re
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -127,27 +128,34 @@ class BarEncoder:
     """Turns bar arrays into the text body of a HISTORICAL_DATA message, with an LRU cache.
 
     Formatting runs in Arrow's C++ kernels (one pass per column), so encoding costs little
-    next to the socket write; the cache makes repeated requests nearly free.
+    next to the socket write; the cache makes repeated requests nearly free. ``lookup`` is
+    cheap enough for the event loop; ``build`` runs on a builder thread (thread-safe).
     """
 
     def __init__(self, max_bytes: int = 256 * 1024 * 1024):
         self._cache: collections.OrderedDict[tuple, tuple[bytes, int]] = collections.OrderedDict()
         self._bytes = 0
         self._max_bytes = max_bytes
+        self._lock = threading.Lock()
 
-    def body(self, key: tuple, make_bars, format_date: int, zone: str) -> tuple[bytes, int]:
-        """``(body, bar_count)`` for ``key``; ``make_bars()`` builds the bars on a miss."""
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
+    def lookup(self, key: tuple) -> tuple[bytes, int] | None:
+        """The cached ``(body, bar_count)`` for ``key``, or None."""
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
             return hit
+
+    def build(self, key: tuple, make_bars, format_date: int, zone: str) -> tuple[bytes, int]:
+        """Encode ``make_bars()`` for ``key`` and cache it."""
         bars = make_bars()
         entry = (encode_bars(bars, format_date, zone), len(bars))
-        self._cache[key] = entry
-        self._bytes += len(entry[0])
-        while self._bytes > self._max_bytes and len(self._cache) > 1:
-            _, (old, _) = self._cache.popitem(last=False)
-            self._bytes -= len(old)
+        with self._lock:
+            self._cache[key] = entry
+            self._bytes += len(entry[0])
+            while self._bytes > self._max_bytes and len(self._cache) > 1:
+                _, (old, _) = self._cache.popitem(last=False)
+                self._bytes -= len(old)
         return entry
 
 
