@@ -1,4 +1,5 @@
-"""The gateway stops in the middle of a backfill, then comes back on the same port.
+"""The gateway goes away in the middle of a backfill (``SimGateway.restart(down_for)``: every
+connection dropped, the port closed), then comes back on the same port.
 
 The operation must fail with a clear 503 problem, ``/health`` must say the gateway is
 unreachable, new work must be refused with 503 and ``Retry-After`` while it is down, and the
@@ -7,11 +8,15 @@ same server must recover on its own once the gateway is back.
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from tests.api.conftest import assert_problem, wait_until
 
 GRACE = 2.0
+#: Seconds the gateway is away: long enough for every check made while it is down.
+DOWN_FOR = 6.0
 
 
 @pytest.fixture(scope="module")
@@ -32,17 +37,19 @@ def test_gateway_outage_and_recovery(api, gateway):
             "end": "2024-06-01"}
     op = api.start("/data/backfill", body)
     wait_until(lambda: api.operation(op["id"])["progress"]["done"] >= 1, what="first segments")
-    gateway.stop()
+    # drop every connection and close the port for DOWN_FOR seconds, then reopen the same port
+    restart = threading.Thread(target=gateway.restart, args=(DOWN_FOR,))
+    restart.start()
     try:
         down = wait_until(lambda: (r := api.client.get("/health")).status_code == 503 and r,
-                          timeout=10, what="/health to report the outage")
+                          timeout=5, what="/health to report the outage")
         health = down.json()
         assert health["status"] == "unavailable"
         assert health["gateway"]["reachable"] is False
         assert health["gateway"]["unreachable_since"] and health["gateway"]["error"]
         assert int(down.headers["retry-after"]) > 0
 
-        failed = api.wait_operation(op["id"], timeout=GRACE + 15)
+        failed = api.wait_operation(op["id"], timeout=GRACE + 3)
         assert failed["status"] == "failed"
         error = failed["error"]
         assert (error["status"], error["kind"]) == (503, "connection")
@@ -56,7 +63,7 @@ def test_gateway_outage_and_recovery(api, gateway):
         assert_problem(api.client.get("/symbols/SPY"), 503, "connection")
     finally:
         gateway.latency = 0.0
-        gateway.start()  # the same port as before
+        restart.join(DOWN_FOR + 15)
 
     wait_until(lambda: api.client.get("/health").status_code == 200, timeout=15,
                what="/health to recover")
