@@ -526,7 +526,8 @@ class SharedPacer:
                 self._drop_views()
                 if last:
                     _unlink(self._shm)
-                    os.unlink(self._lock_path)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self._lock_path)
                     log.debug("pacer %s: last user left, segment removed", self.name)
                 self._shm.close()
             finally:
@@ -824,4 +825,7 @@ def _shared_memory(name: str, *, create: bool, size: int = 0) -> shared_memory.S
 
 def _unlink(shm: shared_memory.SharedMemory) -> None:
     resource_tracker.register(shm._name, "shared_memory")  # type: ignore[attr-defined]
-    shm.unlink()  # unlinks and unregisters again
+    try:
+        shm.unlink()  # unlinks and unregisters again
+    except FileNotFoundError:  # another process removed it first (e.g. all killed at once)
+        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]

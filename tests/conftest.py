@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import warnings
 from datetime import datetime, timezone
 
 import pytest
@@ -10,6 +12,21 @@ from ibfarm.sim import SimGateway
 
 #: The simulated gateway's clock in tests: a Friday evening after the US close.
 NOW = datetime(2024, 6, 7, 21, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture(autouse=True)
+def main_thread_event_loop():
+    """ib_insync's blocking API runs on the main thread's current loop; a test that used
+    ``asyncio.run`` leaves none behind, so give every test one."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            loop = asyncio.get_event_loop()
+            if loop.is_closed():
+                raise RuntimeError("closed")
+        except RuntimeError:
+            asyncio.set_event_loop(asyncio.new_event_loop())
+    yield
 
 
 @pytest.fixture

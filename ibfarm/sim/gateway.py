@@ -113,7 +113,7 @@ class SimGateway:
         self._rules = PacingRules(self.policy)
         self._encoder = hmds.BarEncoder()
         self._build_cpu = 0.0
-        self._builder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sim-bars")
+        self._builder: concurrent.futures.ThreadPoolExecutor | None = None
         self._stats = _Stats()
         self._sessions: set[Session] = set()
         self._client_ids: dict[int, Session] = {}
@@ -132,6 +132,8 @@ class SimGateway:
         """Start serving on a background thread; returns once the port is bound."""
         ready = threading.Event()
         failure: list[BaseException] = []
+        self._stopped.clear()
+        self._builder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sim-bars")
 
         def run() -> None:
             loop = asyncio.new_event_loop()

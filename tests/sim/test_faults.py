@@ -148,3 +148,17 @@ def test_connectivity_outage(data_lost, answered):
         got_bars = got_bars or c.read_until("17") is not None
         assert got_bars is answered
         c.close()
+
+
+def test_stopped_gateway_starts_again():
+    gw = SimGateway(port=0, now=lambda: NOW, pacing="off").start()
+    port = gw.port
+    gw.stop()
+    gw.start()
+    try:
+        assert gw.port == port
+        ib = connect(gw)
+        assert len(ib.reqHistoricalData(AAPL, NOW, "1 D", "1 hour", "TRADES", True, 2)) == 7
+        ib.disconnect()
+    finally:
+        gw.stop()
