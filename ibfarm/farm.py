@@ -415,6 +415,12 @@ class _Manager:
                 if item is not None:  # the back-off must not count against the deadline
                     item.deadline = (time.monotonic() + event.delay
                                      + self.config.request_timeout + TIMEOUT_GRACE)
+            elif event.kind in ("pacing", "paced"):  # queued for the pacer / sent only now
+                item = handle.in_flight.get(event.call_id)
+                if item is not None:
+                    wait = worker_mod.PACING_HOLD if event.kind == "pacing" else 0.0
+                    item.deadline = (time.monotonic() + wait + self.config.request_timeout
+                                     + TIMEOUT_GRACE)
             elif event.kind == "idle" and not handle.in_flight and not handle.retiring:
                 handle.retiring, handle.state = True, "retiring"
                 self.totals["idle_exits"] += 1

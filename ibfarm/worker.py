@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import ctypes
 import inspect
 import io
@@ -104,9 +105,10 @@ class Result:
 
 @dataclass(slots=True)
 class Event:
-    """News from the worker: "state" (``state``, ``detail``), "id_in_use", "idle", and
+    """News from the worker: "state" (``state``, ``detail``), "id_in_use", "idle",
     "retry" (call ``call_id`` got a transient IB error of kind ``state``; retried after
-    ``delay`` seconds)."""
+    ``delay`` seconds), "pacing" (call ``call_id`` waits for the pacer) and "paced" (it
+    goes out now)."""
 
     kind: str
     state: str = ""
@@ -158,6 +160,14 @@ def _then(start, after):
         start(req_id)
         after()
     return go
+
+
+#: (call id, timer extender) of the call a task serves; ops use it to report pacing waits.
+_current_call: contextvars.ContextVar[tuple[int, Any]] = contextvars.ContextVar("ibfarm_call")
+#: A pacing wait longer than this stops the attempt's clock until the grant (and is reported).
+PACED_NOTICE_AFTER = 0.05
+#: Longest a request may wait for the pacer (IB's longest window is ten minutes).
+PACING_HOLD = 3600.0
 
 
 class _NoPacer:
@@ -390,6 +400,7 @@ class Worker:
             timer.cancel()
             timer = loop.call_later(delay + call.timeout, expire)
 
+        _current_call.set((call.call_id, extend))
         try:
             value = await self._attempts(call, extend)
         except asyncio.CancelledError:
@@ -475,12 +486,42 @@ class Worker:
             self._live.pop(req_id, None)
             self.ib.wrapper._endReq(req_id)  # forget it, whatever happened
 
+    @contextlib.asynccontextmanager
+    async def _paced(self, paced: PacedRequest):
+        """The pacer's grant for ``paced``; time spent waiting for it is not the request's.
+
+        When the wait outlasts ``PACED_NOTICE_AFTER``, the attempt's clock stops (and the
+        manager is told, "pacing") until the grant, then starts afresh ("paced"): a request
+        queued behind IB's ten-minute rule does not time out before it is even sent.
+        """
+        call_id, extend = _current_call.get((0, None))
+        waiting = False
+
+        def note_wait() -> None:
+            nonlocal waiting
+            waiting = True
+            if extend is not None:
+                extend(PACING_HOLD)
+            self._send(Event("pacing", call_id=call_id))
+
+        notice = asyncio.get_running_loop().call_later(PACED_NOTICE_AFTER, note_wait)
+        try:
+            async with self._pacer.historical(paced) as sent:
+                notice.cancel()
+                if waiting:
+                    if extend is not None:
+                        extend(0.0)
+                    self._send(Event("paced", call_id=call_id))
+                yield sent
+        finally:
+            notice.cancel()
+
     async def _op_bars(self, contract: Contract, end: str, duration: str, bar_size: str,
                        what_to_show: str, use_rth: bool, paced: PacedRequest) -> _Bars:
         client = self.ib.client
         bars = BarDataList()
         try:
-            async with self._pacer.historical(paced) as sent:
+            async with self._paced(paced) as sent:
                 await self._request(
                     _then(lambda rid: client.reqHistoricalData(
                         rid, contract, end, duration, bar_size, what_to_show, use_rth, 2,
@@ -495,7 +536,7 @@ class Worker:
     async def _op_head_timestamp(self, contract: Contract, what_to_show: str, use_rth: bool,
                                  paced: PacedRequest) -> datetime:
         client = self.ib.client
-        async with self._pacer.historical(paced) as sent:
+        async with self._paced(paced) as sent:
             stamp = await self._request(
                 _then(lambda rid: client.reqHeadTimeStamp(rid, contract, what_to_show, use_rth,
                                                           2), sent),
