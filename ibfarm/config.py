@@ -101,7 +101,8 @@ class FarmConfig:
 
         Reads ``IBFARM_MAX_WORKERS``, ``IBFARM_CLIENT_IDS`` (e.g. ``"10-20"``),
         ``IBFARM_IDLE_TIMEOUT``, ``IBFARM_REQUEST_TIMEOUT``, ``IBFARM_CONNECT_TIMEOUT``,
-        ``IBFARM_PACING`` (a preset name), ``IBFARM_PACING_MARGIN`` and ``IBFARM_MAX_RETRIES``.
+        ``IBFARM_PACING`` (a preset name), ``IBFARM_PACING_MARGIN``, ``IBFARM_MAX_RETRIES`` and ``IBFARM_RETRY_ATTEMPTS`` (attempts
+        per request after transient IB errors; 1 turns retries off).
 
         Args:
             env: the environment to read (default ``os.environ``).
@@ -119,6 +120,7 @@ class FarmConfig:
             "pacing": ("IBFARM_PACING", str),
             "pacing_margin": ("IBFARM_PACING_MARGIN", float),
             "max_retries": ("IBFARM_MAX_RETRIES", int),
+            "retry": ("IBFARM_RETRY_ATTEMPTS", lambda v: RetryPolicy(max_attempts=int(v))),
         }
         values = {}
         for name, (var, convert) in readers.items():

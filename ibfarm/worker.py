@@ -53,6 +53,7 @@ from ibfarm import arrow_ipc
 from ibfarm.errors import (
     ConnectionEffect,
     ErrorKind,
+    IbConnectionError,
     RequestTimeoutError,
     classify,
     connection_effect,
@@ -222,6 +223,7 @@ class Worker:
         self._last_active = time.monotonic()
         self._idle_sent = False
         self._last_error = ""
+        self._ever_connected = False
         self._ppid = os.getppid()
         self._pacer = settings.pacer or _NoPacer()
 
@@ -340,6 +342,7 @@ class Worker:
                 delay = min(delay * 2, _MAX_BACKOFF)
                 continue
             self._last_error = ""
+            self._ever_connected = True
             self._connected.set()
             self._state("ready")
             log.info("worker %d: connected as client %d", self.worker_id, self.client_id)
@@ -428,11 +431,30 @@ class Worker:
                 detail += f" ({self._last_error})"
         return RequestTimeoutError(0, detail)
 
+    async def _until_connected(self) -> None:
+        """Wait for the connection. A worker that has never reached the gateway gives up
+        after one connect timeout: nobody is listening, and the caller should hear so now."""
+        if self._connected.is_set():
+            return
+        if self._ever_connected:
+            await self._connected.wait()  # a dropped gateway usually returns: wait for it
+            return
+        try:
+            await asyncio.wait_for(self._connected.wait(), self.settings.connect_timeout)
+        except asyncio.TimeoutError:
+            s = self.settings
+            raise IbConnectionError(502, (
+                f"Couldn't connect to TWS / IB Gateway at {s.host}:{s.port}"
+                f"{f' ({self._last_error})' if self._last_error else ''}. Check that it is "
+                "running and logged in, that its API port is this one, and that "
+                "'Enable ActiveX and Socket Clients' is on (or use the simulated gateway)."
+            )) from None
+
     async def _attempts(self, call: Call, extend) -> Any:
         handler = getattr(self, "_op_" + call.op)
         failures = 0
         while True:
-            await self._connected.wait()
+            await self._until_connected()
             try:
                 return await handler(*call.args)
             except RequestError as exc:

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from ibfarm import BarRequest
-from ibfarm.errors import RequestTimeoutError, WorkerCrashedError
+from ibfarm.errors import IbConnectionError, WorkerCrashedError
 from tests.conftest import NOW
 from tests.farm import fns
 from tests.farm.conftest import WAIT, DirectClient, table_from_ib, wait_until
@@ -128,13 +128,16 @@ def test_client_id_taken_by_another_program_moves_to_the_next(sim, make_farm):
         other.close()
 
 
-def test_no_gateway_is_a_timeout_naming_the_connection(make_farm):
+def test_no_gateway_fails_fast_saying_what_to_check(make_farm):
     class Nowhere:
         port = _free_port()
 
-    farm = make_farm(Nowhere, request_timeout=1.0, connect_timeout=0.5)
-    with pytest.raises(RequestTimeoutError, match="not connected to 127.0.0.1"):
+    farm = make_farm(Nowhere, request_timeout=30.0, connect_timeout=0.5)
+    with pytest.raises(IbConnectionError) as err:
         farm.submit(fns.server_time).result(WAIT)
+    assert err.value.code == 502
+    assert f"127.0.0.1:{Nowhere.port}" in err.value.message
+    assert "ConnectionRefusedError" in err.value.message and "running" in err.value.message
     assert farm.status()["workers"][0]["state"] == "connecting"
 
 
