@@ -1,0 +1,1 @@
+"""Designs the farm is measured against, written from their descriptions."""
