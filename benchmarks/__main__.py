@@ -8,6 +8,7 @@ skipped). Prints a table per scenario, writes JSON and a PNG chart under ``--out
     python -m benchmarks --quick                # under two minutes
     python -m benchmarks                        # the full run (README figures)
     python -m benchmarks --scenarios large,tiny --repeats 5
+    python -m benchmarks --scenarios gateway,backfill   # the simulator alone; ktrdr backfill
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="small sizes and 2 repeats (under two minutes)")
-    p.add_argument("--scenarios", help=f"comma-separated, of: {', '.join(SCENARIO_NAMES)}")
+    p.add_argument("--scenarios", help=f"comma-separated, of: {', '.join(SCENARIO_NAMES)}; "
+                   "or 'all' (default: the six, without gateway and backfill)")
     p.add_argument("--contenders", help=f"comma-separated, of: {', '.join(CONTENDER_NAMES)}")
     p.add_argument("--repeats", type=int, help="repeats per scenario (default 3; --quick 2)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT,
@@ -79,7 +81,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    scenario_names = _names(args.scenarios, SCENARIO_NAMES, "scenarios") or SCENARIO_NAMES
+    if args.scenarios == "all":
+        scenario_names = SCENARIO_NAMES
+    else:
+        scenario_names = (_names(args.scenarios, SCENARIO_NAMES, "scenarios")
+                          or [s.name for s in SCENARIOS if not s.optional])
     scenarios = [s for s in SCENARIOS if s.name in scenario_names]
     contenders = make_contenders(_names(args.contenders, CONTENDER_NAMES, "contenders"))
     sizes = Sizes.quick() if args.quick else Sizes()

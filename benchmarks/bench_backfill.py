@@ -11,6 +11,7 @@ The simulator lists 11 non-future symbols, so the 20 jobs are 11 symbols x 1-hou
 year plus 9 symbols x 15-minute bars over 12 weeks (about 12 segments each).
 
     python -m benchmarks.bench_backfill [--latency 0.3] [--workers 4] [--quick]
+    python -m benchmarks --scenarios backfill       # 20 jobs (6 with --quick), in the harness
 """
 
 from __future__ import annotations

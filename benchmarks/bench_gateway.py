@@ -7,6 +7,7 @@ gateway thread's CPU seconds, and bars per CPU second, for a cold pass (bars gen
 encoded) and warm passes (answers from the encoded cache).
 
     python -m benchmarks.bench_gateway [--readers 2] [--requests 40]
+    python -m benchmarks --scenarios gateway        # the same passes, in the harness
 """
 
 from __future__ import annotations

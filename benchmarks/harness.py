@@ -60,7 +60,7 @@ def run_scenario(scenario: Scenario, ctx: Context, contenders: list[Contender],
     """Every repeat of one scenario; returns its part of the results."""
     began = time.perf_counter()
     gateway_before = ctx.gateway.stats() if ctx.simulated else None
-    runs: dict[str, list[dict]] = {c.name: [] for c in contenders}
+    runs: dict[str, list[dict]] = {} if scenario.own_rows else {c.name: [] for c in contenders}
     error = None
     try:
         scenario.setup(ctx, contenders)
@@ -70,7 +70,7 @@ def run_scenario(scenario: Scenario, ctx: Context, contenders: list[Contender],
             log.info("%s: repeat %d of %d (%s)", scenario.name, r + 1, repeats,
                      ", ".join(c.name for c in order))
             for name, metrics in scenario.run(ctx, order).items():
-                runs[name].append(metrics)
+                runs.setdefault(name, []).append(metrics)
     except Exception as exc:  # reported in the results; the other scenarios still run
         log.exception("scenario %s failed", scenario.name)
         error = f"{type(exc).__name__}: {exc}"
@@ -79,16 +79,19 @@ def run_scenario(scenario: Scenario, ctx: Context, contenders: list[Contender],
             scenario.teardown(ctx, contenders)
         except Exception:
             log.exception("teardown of %s failed", scenario.name)
+    labels = {c.name: c.label for c in contenders} | scenario.row_labels
+    connections = {c.name: c.connections for c in contenders}
     result: dict[str, Any] = {
         "title": scenario.title, "params": scenario.params(ctx), "notes": scenario.notes,
         "metrics": [{"key": k, "label": label, "format": fmt, "higher_is_better": hib}
                     for k, label, fmt, hib in scenario.metrics],
         "repeats": repeats, "seconds": round(time.perf_counter() - began, 2),
-        "contenders": {c.name: {"label": c.label, "connections": c.connections,
-                                "runs": runs[c.name], "summary": summarise(runs[c.name])}
-                       for c in contenders if runs[c.name]},
+        "contenders": {name: {"label": labels.get(name, name),
+                              "connections": connections.get(name),
+                              "runs": rows, "summary": summarise(rows)}
+                       for name, rows in runs.items() if rows},
     }
-    if gateway_before is not None:
+    if gateway_before is not None and not scenario.own_rows:
         after = ctx.gateway.stats()
         result["gateway"] = {
             "cpu_s": after["cpu_seconds"] - gateway_before["cpu_seconds"],

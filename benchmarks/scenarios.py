@@ -107,6 +107,11 @@ class Scenario:
     metrics: list[tuple[str, str, str, bool]] = []
     needs_sim = False
     notes: list[str] = []
+    #: rows are the scenario's own (not the contenders), labelled by ``row_labels``
+    own_rows = False
+    row_labels: dict[str, str] = {}
+    #: run only when named (``--scenarios``), not by default
+    optional = False
 
     def params(self, ctx: Context) -> dict:
         return {}
@@ -545,6 +550,94 @@ class Recovery(Scenario):
             ctx.gateway.set(latency=0.0)
 
 
+class GatewayCapacity(Scenario):
+    """The simulated gateway alone (``bench_gateway``): bars it serves per second and per CPU
+    second, to readers that only count bytes. Its own in-process gateway."""
+
+    name = "gateway"
+    title = "Simulated gateway capacity: 1-min bars, a week per request, raw-socket readers"
+    metrics = [("bars_per_s", "bars/s", "{:,.0f}", True),
+               ("bars_per_cpu_s", "bars/CPU s", "{:,.0f}", True),
+               ("gateway_cpu_s", "gateway CPU s", "{:.2f}", False)]
+    needs_sim = True
+    own_rows = True
+    optional = True
+    row_labels = {"cold": "cold (bars built)", "warm": "warm (cached)"}
+    notes = ["the gateway runs in the measuring process here (loop thread and bar builder); "
+             "two reader processes send every request at once and count bars"]
+
+    def params(self, ctx: Context) -> dict:
+        return {"readers": 2, "requests": ctx.sizes.large_requests * 2}
+
+    def setup(self, ctx: Context, contenders: list[Contender]) -> None:
+        from ibfarm.sim import SimGateway
+
+        self.gw = SimGateway(port=0, now=lambda: SIM_NOW, pacing="off").start()
+        self.weeks_back = 10
+
+    def run(self, ctx: Context, contenders: list[Contender]) -> dict[str, dict]:
+        from benchmarks import bench_gateway
+
+        n = ctx.sizes.large_requests * 2
+        self.weeks_back += 10  # new weeks: the first pass builds them
+        cold = bench_gateway.run_pass(self.gw, 2, n, weeks_back=self.weeks_back)
+        warm = bench_gateway.run_pass(self.gw, 2, n, weeks_back=self.weeks_back)
+        return {name: {"bars_per_s": r["bars_per_s"], "bars_per_cpu_s": r["bars_per_cpu_s"],
+                       "gateway_cpu_s": r["gateway_cpu_s"], "bars": r["bars_sent"]}
+                for name, r in (("cold", cold), ("warm", warm))}
+
+    def teardown(self, ctx: Context, contenders: list[Contender]) -> None:
+        if getattr(self, "gw", None) is not None:
+            self.gw.stop()
+
+
+class Backfill(Scenario):
+    """``DataManager.backfill`` through a 4-worker farm against the old way (one connection,
+    one segment at a time), each on a gateway of its own (``bench_backfill``)."""
+
+    name = "backfill"
+    title = "Backfill: ktrdr DataManager over the farm vs one connection, serial segments"
+    metrics = [("wall_s", "wall s", "{:.2f}", False), ("requests", "requests", "{:,.0f}", False),
+               ("rows", "rows", "{:,.0f}", False), ("violations", "violations", "{:d}", False),
+               ("speedup", "speed-up", "{:.1f}x", True)]
+    needs_sim = True
+    own_rows = True
+    optional = True
+    row_labels = {"old-serial": "1 conn, serial segments", "farm-dm": "DataManager, farm 4"}
+    notes = ["IB's pacing rules and 300 ms answers on each side's own simulated gateway; "
+             "both store the same bars (checked)"]
+
+    def params(self, ctx: Context) -> dict:
+        quick = ctx.sizes.large_requests < Sizes().large_requests
+        return {"jobs": 6 if quick else 20, "latency_s": 0.3, "workers": 4, "pacing": "ib"}
+
+    def run(self, ctx: Context, contenders: list[Contender]) -> dict[str, dict]:
+        import tempfile
+        from pathlib import Path
+
+        from benchmarks import bench_backfill
+        from ibfarm.sim import SimGateway
+
+        work = bench_backfill.jobs(quick=self.params(ctx)["jobs"] == 6)
+        out: dict[str, dict] = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in ("old-serial", "farm-dm"):
+                with SimGateway(port=0, now=lambda: SIM_NOW, latency=0.3, pacing="ib") as gw:
+                    where = Path(tmp) / name
+                    if name == "farm-dm":
+                        r = bench_backfill.run_farm(gw.port, work, where, 4, "ib")
+                    else:
+                        r = bench_backfill.run_sequential(gw.port, work, where)
+                    stats = gw.stats()
+                out[name] = {"wall_s": r["wall_s"], "rows": r["rows"],
+                             "requests": stats["requests"].get("historical", 0),
+                             "violations": stats["pacing_violations"]}
+        if out["old-serial"]["rows"] != out["farm-dm"]["rows"]:
+            raise RuntimeError(f"the two ways stored different data: {out}")
+        out["farm-dm"]["speedup"] = out["old-serial"]["wall_s"] / out["farm-dm"]["wall_s"]
+        return out
+
+
 SCENARIOS: list[Scenario] = [LargeResponses(), SmallRequests(), PacingBound(), TinyLatency(),
-                             StartupMemory(), Recovery()]
+                             StartupMemory(), Recovery(), GatewayCapacity(), Backfill()]
 SCENARIO_NAMES = [s.name for s in SCENARIOS]
