@@ -101,8 +101,9 @@ class FarmConfig:
 
         Reads ``IBFARM_MAX_WORKERS``, ``IBFARM_CLIENT_IDS`` (e.g. ``"10-20"``),
         ``IBFARM_IDLE_TIMEOUT``, ``IBFARM_REQUEST_TIMEOUT``, ``IBFARM_CONNECT_TIMEOUT``,
-        ``IBFARM_PACING`` (a preset name), ``IBFARM_PACING_MARGIN``, ``IBFARM_MAX_RETRIES`` and ``IBFARM_RETRY_ATTEMPTS`` (attempts
-        per request after transient IB errors; 1 turns retries off).
+        ``IBFARM_PACING`` (a preset name), ``IBFARM_PACING_MARGIN``, ``IBFARM_MAX_RETRIES`` and
+        ``IBFARM_RETRY_ATTEMPTS`` (attempts per request after transient IB errors; 1 turns
+        retries off).
 
         Args:
             env: the environment to read (default ``os.environ``).
