@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -16,6 +16,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check ibfarm ktrdr tests benchmarks
 	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m benchmarks --quick
 
 lint: $(STAMP)
 	$(PY) -m ruff check ibfarm ktrdr tests benchmarks

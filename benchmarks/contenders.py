@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 RETRIES = 40
 #: Seconds between a baseline's reconnection attempts.
 RECONNECT_WAIT = 0.1
+#: Messages ib_insync sends while connecting (start API and the initial requests).
+CONNECT_MESSAGES = 10
 #: Times a baseline retries a request that the gateway refused as a pacing violation.
 PACING_RETRIES = 2
 
@@ -253,6 +255,8 @@ class GatherContender(_LoopContender):
                 if self.ib.isConnected():
                     return
                 try:
+                    if self.pacer is not None:  # the handshake's messages count too
+                        await self.pacer.acquire_messages(CONNECT_MESSAGES)
                     await self.ib.connectAsync(self.host, self.port,
                                                clientId=self.client_ids[0], timeout=5,
                                                readonly=True)
@@ -315,7 +319,16 @@ class ThreadPoolContender(_LoopContender):
         self.host, self.port, self.policy = host, port, policy
         self._open_pacer(host, port, policy)
         self.pool = IbConnectionPool(host, port, size=self.size,
-                                     first_client_id=self.client_ids[0])
+                                     first_client_id=self.client_ids[0],
+                                     before_connect=self._connect_budget)
+
+    def _connect_budget(self) -> None:
+        """Count a new connection's handshake against the message rate."""
+        while self.pacer is not None:
+            wait = self.pacer.try_acquire_messages(CONNECT_MESSAGES)
+            if not wait:
+                return
+            time.sleep(wait)
 
     def warm(self, timeout: float = 60.0) -> None:
         futures = []
@@ -377,9 +390,8 @@ class PerRequestContender(_LoopContender):
 
     async def _with_connection(self, work: Callable) -> object:
         for _ in range(RETRIES):
-            ib = IB()
+            ib = IB()  # its own session: ib_insync's throttle never holds back one request
             ib.RaiseRequestErrors = True
-            ib.client.MaxRequests = 0  # the pacer is the only throttle, as in the farm
             try:
                 await ib.connectAsync(self.host, self.port, clientId=next(self._ids),
                                       timeout=5, readonly=True)

@@ -174,11 +174,14 @@ class IbConnectionPool:
         host, port: the gateway.
         size: connections at most.
         first_client_id: the first id tried; an id in use (326) is skipped.
+        before_connect: called before each new connection (e.g. to wait for the pacer).
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 4002, size: int = 4,
-                 first_client_id: int = 1, idle_timeout: float = 180.0):
+                 first_client_id: int = 1, idle_timeout: float = 180.0,
+                 before_connect: Callable[[], None] | None = None):
         self.host, self.port, self.size = host, port, size
+        self.before_connect = before_connect
         self.idle_timeout = idle_timeout
         self.connections: list[IbConnection] = []
         self.lock = threading.Lock()
@@ -201,6 +204,8 @@ class IbConnectionPool:
             client_id = self.next_client_id
             self.next_client_id += 1
             conn = IbConnection(client_id, self.host, self.port, self.idle_timeout)
+            if self.before_connect is not None:
+                self.before_connect()
             try:
                 conn.start()
             except Exception as exc:
