@@ -255,7 +255,9 @@ class GatherContender(_LoopContender):
                 if self.ib.isConnected():
                     return
                 try:
-                    if self.pacer is not None:  # the handshake's messages count too
+                    if self.pacer is not None:
+                        # one connection carries everything: its handshake counts too, or a
+                        # reconnect plus the retried requests break 50 messages/s
                         await self.pacer.acquire_messages(CONNECT_MESSAGES)
                     await self.ib.connectAsync(self.host, self.port,
                                                clientId=self.client_ids[0], timeout=5,
@@ -318,17 +320,10 @@ class ThreadPoolContender(_LoopContender):
     def start(self, host: str, port: int, policy: PacingPolicy) -> None:
         self.host, self.port, self.policy = host, port, policy
         self._open_pacer(host, port, policy)
+        # a handshake is not counted against the shared message rate (as in the farm): the
+        # gateway counts messages per connection, and these spread over ``size`` connections
         self.pool = IbConnectionPool(host, port, size=self.size,
-                                     first_client_id=self.client_ids[0],
-                                     before_connect=self._connect_budget)
-
-    def _connect_budget(self) -> None:
-        """Count a new connection's handshake against the message rate."""
-        while self.pacer is not None:
-            wait = self.pacer.try_acquire_messages(CONNECT_MESSAGES)
-            if not wait:
-                return
-            time.sleep(wait)
+                                     first_client_id=self.client_ids[0])
 
     def warm(self, timeout: float = 60.0) -> None:
         futures = []

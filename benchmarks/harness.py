@@ -8,6 +8,7 @@ against the medians.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -71,7 +72,7 @@ def run_scenario(scenario: Scenario, ctx: Context, contenders: list[Contender],
                      ", ".join(c.name for c in order))
             for name, metrics in scenario.run(ctx, order).items():
                 runs.setdefault(name, []).append(metrics)
-    except Exception as exc:  # reported in the results; the other scenarios still run
+    except (Exception, asyncio.CancelledError) as exc:  # reported; the others still run
         log.exception("scenario %s failed", scenario.name)
         error = f"{type(exc).__name__}: {exc}"
     finally:

@@ -7,6 +7,7 @@ returns ``{contender name: {metric: value}}``. ``setup``/``teardown`` bracket al
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import multiprocessing as mp
@@ -93,7 +94,7 @@ def _guarded(out: dict[str, dict], c: Contender, measure: Callable[[], dict]) ->
     """``out[c.name] = measure()``; a failure is recorded for that contender alone."""
     try:
         out[c.name] = measure()
-    except Exception as exc:
+    except (Exception, asyncio.CancelledError) as exc:
         log.warning("%s failed: %r", c.name, exc)
         out[c.name] = {"error": f"{type(exc).__name__}: {exc}"}
 

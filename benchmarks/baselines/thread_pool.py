@@ -126,6 +126,8 @@ class IbConnection:
             return
         try:
             result = await job(self.ib)
+        except asyncio.CancelledError:  # the connection stopped under it: try another
+            future.set_exception(ConnectionError(f"connection {self.client_id} stopped"))
         except BaseException as exc:  # handed to the caller
             future.set_exception(exc)
         else:
