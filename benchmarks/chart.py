@@ -7,6 +7,7 @@ Bars are medians, whiskers min–max; targets are drawn as dashed lines. Needs m
 from __future__ import annotations
 
 import logging
+import textwrap
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -14,8 +15,8 @@ log = logging.getLogger(__name__)
 #: Per scenario: (metric, axis label, target line or None).
 PANELS = {
     "large": ("bars_per_s", "1-min bars/s as pandas", None),
-    "small": ("req_per_s", "requests/s (1-hour bars, latency)", None),
-    "pacing": ("of_bound", "fraction of the pacing bound", 0.95),
+    "small": ("req_per_s", "small requests/s (1-hour bars)", None),
+    "pacing": ("of_bound", "share of the pacing bound", 0.95),
     "tiny": ("median_ms", "tiny request round trip, ms", None),
     "startup": ("per_conn_mb", "MB per connection", 70.0),
     "recovery": ("restart_after_s", "s to finish after gateway restart", None),
@@ -48,14 +49,14 @@ def draw(results: dict, path: Path) -> Path | None:
             s = row["summary"].get(metric)
             if s is None:
                 continue
-            names.append(row["label"].replace(", ", "\n"))
+            names.append(textwrap.fill(row["label"].replace(",", ""), 11))
             med.append(s["median"])
             low.append(s["median"] - s["min"])
             high.append(s["max"] - s["median"])
             colors.append("#2b6cb0" if cname.startswith("farm") else "#a0aec0")
         ax.bar(range(len(names)), med, yerr=[low, high], color=colors, capsize=3)
         ax.set_xticks(range(len(names)), names, fontsize=7)
-        ax.set_title(sc["title"].split(": ", 1)[0] + ": " + label, fontsize=9)
+        ax.set_title(sc["title"].split(".", 1)[0] + ". " + label, fontsize=9)
         ax.tick_params(axis="y", labelsize=8)
         if target is not None:
             ax.axhline(target, color="#c53030", linestyle="--", linewidth=1)
