@@ -55,6 +55,7 @@ class FarmConfig:
         retry: how a worker retries a request IB answered with a transient error (pacing
             violation, too many open requests, a farm or connection outage): back-off and
             attempts; fatal errors (unknown contract, invalid request, ...) never retry.
+            None: ``RetryPolicy()`` with its delays scaled like the pacing policy's windows.
         readonly: connect read-only (faster: no order state to synchronise).
     """
 
@@ -68,7 +69,7 @@ class FarmConfig:
     pacing: PacingPolicy | str = "ib"
     pacing_margin: float = 0.05
     max_retries: int = 3
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retry: RetryPolicy | None = None
     readonly: bool = True
 
     def __post_init__(self):
@@ -90,6 +91,15 @@ class FarmConfig:
     def pacing_policy(self) -> PacingPolicy:
         """``pacing`` as a policy object."""
         return PacingPolicy.coerce(self.pacing)
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """``retry``, or the default back-off scaled as the pacing windows are (a policy
+        scaled by 60 backs off a pacing violation for one second instead of sixty)."""
+        if self.retry is not None:
+            return self.retry
+        scale = PacingPolicy().window / self.pacing_policy.window
+        return RetryPolicy() if scale <= 1 else RetryPolicy().scaled(scale)
 
     def replace(self, **changes) -> FarmConfig:
         """A copy with ``changes`` applied (unknown names raise ``TypeError``)."""

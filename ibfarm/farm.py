@@ -175,7 +175,7 @@ class _Manager:
             host=config.host, port=config.port, connect_timeout=config.connect_timeout,
             idle_timeout=config.idle_timeout, readonly=config.readonly,
             schema_message=BAR_SCHEMA.serialize().to_pybytes(), pacer=self.pacer,
-            retry=config.retry,
+            retry=config.retry_policy,
             parent_pid=os.getpid(), log_level=log_level)
         self.next_check = math.inf  # earliest deadline of any item (or later)
         # The wake-up pipe's fds are closed once, under this lock, and never used after: a

@@ -477,6 +477,14 @@ class SharedPacer:
             known = [eta for _, eta in blocked if eta is not None]
             return max(max(known, default=POLL), 1e-6)
 
+    def record_messages(self, n: int = 1) -> None:
+        """Count ``n`` messages that must go out now whatever the budget (a cancel): later
+        messages wait for them."""
+        if not self.policy.enabled or self._closed:
+            return
+        with self._locked():
+            self._grant(self._message_want(n), time.monotonic())
+
     @contextlib.asynccontextmanager
     async def historical(self, request: PacedRequest) -> AsyncIterator[Callable[[], None]]:
         """Wait for the rules, spacing, an open slot and one message; hold the slot in the block.

@@ -66,6 +66,9 @@ log = logging.getLogger(__name__)
 BARS_FRAME = b"B"
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _MAX_BACKOFF = 5.0
+#: Messages ib_insync's read-only connect sends (START_API, positions, account data, account
+#: updates, executions, and one spare); they count against the shared message rate.
+CONNECT_MESSAGES = 6
 
 
 # --------------------------------------------------------------------------- messages
@@ -175,6 +178,9 @@ class _NoPacer:
     """Stands in for a ``SharedPacer`` when pacing is off."""
 
     async def acquire_messages(self, n: int = 1) -> None:
+        return None
+
+    def record_messages(self, n: int = 1) -> None:
         return None
 
     @contextlib.asynccontextmanager
@@ -323,7 +329,7 @@ class Worker:
         self._connector = asyncio.create_task(self._keep_connected())
 
     async def _keep_connected(self) -> None:
-        delay = 0.1
+        delay = 0.05  # a restarted gateway is usually back within a second: look again soon
         while not self._stopping:
             try:
                 await self._connect_once()
@@ -339,7 +345,7 @@ class Worker:
                          self.worker_id, self._last_error, delay)
                 self._state("connecting", self._last_error)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, _MAX_BACKOFF)
+                delay = min(delay * 1.5, _MAX_BACKOFF)
                 continue
             self._last_error = ""
             self._ever_connected = True
@@ -350,6 +356,7 @@ class Worker:
 
     async def _connect_once(self) -> None:
         s = self.settings
+        await self._pacer.acquire_messages(CONNECT_MESSAGES)
         self._rejected = asyncio.get_running_loop().create_future()
         connect = asyncio.ensure_future(self.ib.connectAsync(
             s.host, s.port, self.client_id, timeout=s.connect_timeout, readonly=s.readonly))
@@ -497,11 +504,13 @@ class Worker:
             start(req_id)
             result = await future
             if cancel_after and cancel is not None:
+                self._pacer.record_messages(1)
                 cancel(req_id)
             return result
         except asyncio.CancelledError:
             if cancel is not None and self.ib.isConnected():
                 with contextlib.suppress(Exception):
+                    self._pacer.record_messages(1)
                     cancel(req_id)
             raise
         finally:

@@ -10,6 +10,10 @@ import subprocess
 import sys
 import time
 
+import pytest
+
+from ibfarm import worker as worker_mod
+from ibfarm.errors import RequestTimeoutError
 from ibfarm.pacing import PacingPolicy
 from tests.farm import fns
 from tests.farm.conftest import WAIT, wait_until
@@ -82,3 +86,16 @@ def test_waiting_for_the_pacer_is_not_a_timeout(make_gateway, make_farm):
     assert first.result(WAIT).equals(second.result(WAIT))  # the second waited 2 s, then ran
     assert farm.status()["pacer"]["rule_waits"]["identical"] == 1
     assert gateway.stats()["pacing_violations"] == 0
+
+
+def test_connect_handshake_and_cancels_count_against_the_message_rate(make_gateway, make_farm):
+    gateway = make_gateway(pacing="ib", stall_symbols=["TSLA"])
+    farm = make_farm(gateway, max_workers=1, request_timeout=0.5)
+    farm.contract_details("AAPL").result(WAIT)
+    assert farm.status()["pacer"]["messages"] == worker_mod.CONNECT_MESSAGES + 1
+    with pytest.raises(RequestTimeoutError):
+        farm.historical_bars(small_bar_requests(1)[0].__class__("TSLA", "1 hour", "1 D")
+                             ).result(WAIT)
+    wait_until(lambda: gateway.stats()["requests"].get("cancel_historical") == 1,
+               what="the cancel at the gateway")
+    assert farm.status()["pacer"]["messages"] == worker_mod.CONNECT_MESSAGES + 3
