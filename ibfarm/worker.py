@@ -356,7 +356,6 @@ class Worker:
 
     async def _connect_once(self) -> None:
         s = self.settings
-        await self._pacer.acquire_messages(CONNECT_MESSAGES)
         self._rejected = asyncio.get_running_loop().create_future()
         connect = asyncio.ensure_future(self.ib.connectAsync(
             s.host, s.port, self.client_id, timeout=s.connect_timeout, readonly=s.readonly))
@@ -371,6 +370,9 @@ class Worker:
             self.ib.disconnect()
             raise _IdInUse()
         connect.result()
+        # Counted once the handshake went through: a refused attempt sends nothing, and
+        # waiting for budget before each attempt would starve the requests resent after it.
+        self._pacer.record_messages(CONNECT_MESSAGES)
 
     def _on_error(self, req_id: int, code: int, message: str, contract: Any) -> None:
         if code == 326 and self._rejected is not None and not self._rejected.done():

@@ -190,6 +190,12 @@ def format_stamp(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y%m%d  %H:%M:%S")
 
 
+def format_zoned(moment: datetime, zone: str) -> str:
+    """``YYYYMMDD HH:MM:SS <zone>`` in ``zone``: how formatDate=1 dates a moment."""
+    local = moment.astimezone(ZoneInfo(_iana(zone)))
+    return f"{local:%Y%m%d %H:%M:%S} {zone}"
+
+
 _IANA = {"US/Eastern": "America/New_York", "US/Central": "America/Chicago",
          "US/Pacific": "America/Los_Angeles", "US/Mountain": "America/Denver"}
 

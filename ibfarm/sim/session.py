@@ -255,7 +255,8 @@ class Session:
             self.error(req_id, 162, text)
             return
         head = self.gw.market.head_timestamp(inst, what, use_rth)
-        text = str(int(head.timestamp())) if fmt == 2 else hmds.format_stamp(head)
+        text = (str(int(head.timestamp())) if fmt == 2
+                else hmds.format_zoned(head, self.gw.time_zone))
         self.send(p.HEAD_TIMESTAMP, req_id, text)
 
     def _paced(self, req_id: int, paced: PacedRequest) -> bool:

@@ -203,3 +203,9 @@ def test_duplicate_client_id_is_refused(open_gateway):
 def test_contract_by_con_id(ib):
     details = ib.reqContractDetails(Contract(conId=265598))
     assert details[0].contract.symbol == "AAPL"
+
+
+def test_head_timestamp_format_1_is_zoned(ib, open_gateway):
+    zoned = ib.reqHeadTimeStamp(Stock("AAPL", "SMART", "USD"), "TRADES", True, 1)
+    utc = ib.reqHeadTimeStamp(Stock("AAPL", "SMART", "USD"), "TRADES", True, 2)
+    assert zoned.tzinfo is not None and zoned == utc
