@@ -14,14 +14,17 @@ temporary files are ignored and cleaned up). A file that cannot be read is repor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import IO
 
 import pandas as pd
 import pyarrow as pa
@@ -35,6 +38,22 @@ log = logging.getLogger(__name__)
 _SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9.\-]{0,19}$")
 _META_KEY = b"ktrdr"
 _TMP_PREFIX = ".tmp-"
+
+
+def atomic_write(path: Path, write: Callable[[IO], object], binary: bool = True) -> None:
+    """Write ``path`` through a temporary file beside it, fsynced, then renamed over it: a
+    crash leaves the old file or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + path.name + ".", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 SCHEMA = pa.schema([
     ("timestamp", pa.timestamp("s", tz="UTC")),
@@ -180,19 +199,7 @@ class BarStore:
                     rows=len(data), written_at=_now_text(),
                     fetched=[list(r) for r in merge_ranges(fetched)])
         table = table.replace_schema_metadata({_META_KEY: json.dumps(info).encode()})
-        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + path.name + ".", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                pq.write_table(table, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        atomic_write(path, lambda handle: pq.write_table(table, handle))
         _fsync_dir(path.parent)
         log.debug("wrote %s: %d bars", path, len(data))
         return path

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from ktrdr.data.external_data_interface import ContractInfo
+from ktrdr.data.store import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -50,19 +49,9 @@ class SymbolCache:
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-" + FILE_NAME + ".", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(self._load(), handle, indent=1, sort_keys=True)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        entries = self._load()
+        atomic_write(self.path, lambda handle: json.dump(entries, handle, indent=1,
+                                                         sort_keys=True), binary=False)
 
     def contract(self, symbol: str) -> ContractInfo | None:
         entry = self._load().get(symbol, {})
