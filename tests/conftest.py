@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import warnings
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 
 import pytest
@@ -12,6 +14,24 @@ from ibfarm.sim import SimGateway
 
 #: The simulated gateway's clock in tests: a Friday evening after the US close.
 NOW = datetime(2024, 6, 7, 21, 0, tzinfo=timezone.utc)
+
+
+@contextlib.contextmanager
+def gateways() -> Iterator[Callable[..., SimGateway]]:
+    """A factory of simulated gateways (port 0, fixed clock unless told); all stop on exit."""
+    started: list[SimGateway] = []
+
+    def make(**knobs) -> SimGateway:
+        knobs.setdefault("now", lambda: NOW)
+        gateway = SimGateway(port=0, **knobs).start()
+        started.append(gateway)
+        return gateway
+
+    try:
+        yield make
+    finally:
+        for gateway in started:
+            gateway.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from ibfarm.sim import SimGateway
-from tests.conftest import NOW
+from tests.conftest import gateways
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Every wait in these tests ends within this many seconds.
@@ -169,17 +169,8 @@ def make_server(tmp_path_factory) -> Iterator[Callable[..., ApiServer]]:
 @pytest.fixture(scope="module")
 def make_gateway() -> Iterator[Callable[..., SimGateway]]:
     """Simulated gateways (fixed clock, IB's pacing unless told) for one test module."""
-    started: list[SimGateway] = []
-
-    def make(**knobs) -> SimGateway:
-        knobs.setdefault("now", lambda: NOW)
-        gateway = SimGateway(port=0, **knobs).start()
-        started.append(gateway)
-        return gateway
-
-    yield make
-    for gateway in started:
-        gateway.stop()
+    with gateways() as make:
+        yield make
 
 
 def assert_problem(response: httpx.Response, status: int, kind: str,

@@ -18,7 +18,7 @@ from ibfarm import IbFarm
 from ibfarm.bars import BAR_SCHEMA, BarRequest
 from ibfarm.contracts import make_contract
 from ibfarm.sim import SimGateway
-from tests.conftest import NOW
+from tests.conftest import gateways
 
 #: Every wait in these tests ends within this many seconds.
 WAIT = 20.0
@@ -52,17 +52,8 @@ def worker_processes() -> list[psutil.Process]:
 @pytest.fixture
 def make_gateway() -> Iterator[Callable[..., SimGateway]]:
     """Start simulated gateways (fixed clock, IB's pacing) with the knobs a test needs."""
-    started: list[SimGateway] = []
-
-    def make(**knobs) -> SimGateway:
-        knobs.setdefault("now", lambda: NOW)
-        gw = SimGateway(port=0, **knobs).start()
-        started.append(gw)
-        return gw
-
-    yield make
-    for gw in started:
-        gw.stop()
+    with gateways() as make:
+        yield make
 
 
 @pytest.fixture
