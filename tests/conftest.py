@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -14,6 +15,19 @@ from ibfarm.sim import SimGateway
 
 #: The simulated gateway's clock in tests: a Friday evening after the US close.
 NOW = datetime(2024, 6, 7, 21, 0, tzinfo=timezone.utc)
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 20.0, every: float = 0.02,
+               what: str = "condition") -> object:
+    """Poll ``predicate`` until it returns something true; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(every)
 
 
 @contextlib.contextmanager

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pytest
 
 from ibfarm.sim import SimGateway
 from tests.conftest import gateways
+from tests.conftest import wait_until as poll_until
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Every wait in these tests ends within this many seconds.
@@ -37,15 +37,8 @@ def free_port() -> int:
 
 def wait_until(predicate: Callable[[], object], timeout: float = WAIT, every: float = 0.05,
                what: str = "condition") -> object:
-    """Poll ``predicate`` until it returns something true; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(every)
+    """``tests.conftest.wait_until`` with this suite's longer wait (a server in a subprocess)."""
+    return poll_until(predicate, timeout, every, what)
 
 
 class ApiServer:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import multiprocessing.forkserver
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import psutil
@@ -18,23 +17,10 @@ from ibfarm import IbFarm
 from ibfarm.bars import BAR_SCHEMA, BarRequest
 from ibfarm.contracts import make_contract
 from ibfarm.sim import SimGateway
-from tests.conftest import gateways
+from tests.conftest import gateways, wait_until
 
 #: Every wait in these tests ends within this many seconds.
 WAIT = 20.0
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = WAIT, every: float = 0.02,
-               what: str = "condition") -> object:
-    """Poll ``predicate`` until it returns something true; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(every)
 
 
 def worker_processes() -> list[psutil.Process]:
