@@ -210,7 +210,7 @@ class _Manager:
             return []
         now = time.monotonic()
         if item.attempts == 0 or item.worker is not None:
-            item.deadline = now + self.config.request_timeout + TIMEOUT_GRACE
+            item.deadline = self._deadline()
         self.next_check = min(self.next_check, item.deadline)
         handle = self._pick()
         if handle is None:
@@ -230,6 +230,10 @@ class _Manager:
         handle.last_active = now
         call = worker_mod.Call(item.call_id, item.op, item.args, self.config.request_timeout)
         return [(handle, call)]
+
+    def _deadline(self, delay: float = 0.0) -> float:
+        """When a call given to a worker now (its clock starting after ``delay``) is late."""
+        return time.monotonic() + delay + self.config.request_timeout + TIMEOUT_GRACE
 
     @staticmethod
     def _flush(sends: Iterable[tuple[_WorkerHandle, Any]]) -> None:
@@ -409,18 +413,14 @@ class _Manager:
                 else:
                     handle.client_id = new_id
                     sends = [(handle, worker_mod.Control("client_id", new_id))]
-            elif event.kind == "retry":
-                self.ib_retries[event.state] = self.ib_retries.get(event.state, 0) + 1
-                item = handle.in_flight.get(event.call_id)
-                if item is not None:  # the back-off must not count against the deadline
-                    item.deadline = (time.monotonic() + event.delay
-                                     + self.config.request_timeout + TIMEOUT_GRACE)
-            elif event.kind in ("pacing", "paced"):  # queued for the pacer / sent only now
+            elif event.kind in ("retry", "pacing", "paced"):
+                # The worker restarted the call's clock after ``delay`` (a back-off, a wait
+                # for the pacer); the deadline follows it.
+                if event.kind == "retry":
+                    self.ib_retries[event.state] = self.ib_retries.get(event.state, 0) + 1
                 item = handle.in_flight.get(event.call_id)
                 if item is not None:
-                    wait = worker_mod.PACING_HOLD if event.kind == "pacing" else 0.0
-                    item.deadline = (time.monotonic() + wait + self.config.request_timeout
-                                     + TIMEOUT_GRACE)
+                    item.deadline = self._deadline(event.delay)
             elif event.kind == "idle" and not handle.in_flight and not handle.retiring:
                 handle.retiring, handle.state = True, "retiring"
                 self.totals["idle_exits"] += 1

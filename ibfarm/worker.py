@@ -111,8 +111,8 @@ class Result:
 class Event:
     """News from the worker: "state" (``state``, ``detail``), "id_in_use", "idle",
     "retry" (call ``call_id`` got a transient IB error of kind ``state``; retried after
-    ``delay`` seconds), "pacing" (call ``call_id`` waits for the pacer) and "paced" (it
-    goes out now)."""
+    ``delay`` seconds), "pacing" (call ``call_id`` waits for the pacer, at most ``delay``
+    seconds) and "paced" (it goes out now): each restarts the call's clock after ``delay``."""
 
     kind: str
     state: str = ""
@@ -535,7 +535,7 @@ class Worker:
             waiting = True
             if extend is not None:
                 extend(PACING_HOLD)
-            self._send(Event("pacing", call_id=call_id))
+            self._send(Event("pacing", call_id=call_id, delay=PACING_HOLD))
 
         notice = asyncio.get_running_loop().call_later(PACED_NOTICE_AFTER, note_wait)
         try:
