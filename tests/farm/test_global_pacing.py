@@ -78,12 +78,12 @@ def test_slots_held_by_a_sigkilled_worker_come_back(make_gateway, make_farm):
 
 
 def test_waiting_for_the_pacer_is_not_a_timeout(make_gateway, make_farm):
-    policy = dataclasses.replace(PacingPolicy(), identical_window=2.0)
+    policy = dataclasses.replace(PacingPolicy(), identical_window=4.0)  # > timeout + grace
     gateway = make_gateway(pacing=policy)
     farm = make_farm(gateway, pacing=policy, request_timeout=1.0)
     request = small_bar_requests(1)[0]
     first, second = farm.historical_bars(request), farm.historical_bars(request)
-    assert first.result(WAIT).equals(second.result(WAIT))  # the second waited 2 s, then ran
+    assert first.result(WAIT).equals(second.result(WAIT))  # the second waited 4 s, then ran
     assert farm.status()["pacer"]["rule_waits"]["identical"] == 1
     assert gateway.stats()["pacing_violations"] == 0
 
