@@ -28,9 +28,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd
-from ib_insync import IB, Forex, Index, Stock
 
 from ibfarm import IbFarm
+from ibfarm.backend import IB, Forex, Index, Stock
 from ibfarm.sim import SimGateway
 from ktrdr.data.data_manager import DataManager
 from ktrdr.data.ib_data_adapter import IbDataAdapter

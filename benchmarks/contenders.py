@@ -28,11 +28,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import pandas as pd
-from ib_insync import IB, util
-from ib_insync.wrapper import RequestError
 
 from benchmarks.baselines.thread_pool import IbConnectionPool
 from ibfarm import BarRequest, FarmConfig, IbFarm, make_contract
+from ibfarm.backend import IB, RequestError, util
 from ibfarm.bars import bar_seconds, normalize_bar_size
 from ibfarm.pacing import PacedRequest, PacingPolicy, SharedPacer
 

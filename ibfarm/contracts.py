@@ -6,7 +6,7 @@ import logging
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
-from ib_insync import Contract, Forex, Future, Index, Stock
+from ibfarm.backend import Contract, Forex, Future, Index, Stock
 
 log = logging.getLogger(__name__)
 

@@ -46,10 +46,8 @@ from multiprocessing import forkserver, popen_forkserver, reduction, spawn
 from multiprocessing.context import ForkServerProcess
 from typing import Any
 
-from ib_insync import IB, BarDataList, Contract
-from ib_insync.wrapper import RequestError
-
-from ibfarm import arrow_ipc
+from ibfarm import arrow_ipc, backend
+from ibfarm.backend import IB, BarDataList, Contract, RequestError
 from ibfarm.errors import (
     ConnectionEffect,
     ErrorKind,
@@ -377,6 +375,12 @@ class Worker:
     def _on_error(self, req_id: int, code: int, message: str, contract: Any) -> None:
         if code == 326 and self._rejected is not None and not self._rejected.done():
             self._rejected.set_result(code)
+        live = self._live.get(req_id)
+        if live is not None and not live.done() and classify(code, message) not in (
+                ErrorKind.INFO, ErrorKind.NO_DATA):
+            # Our own requests fail on every error the gateway sends for them, whatever the
+            # library counts as a warning (ib_async lets 321 pass).
+            live.set_exception(RequestError(req_id, code, message))
         effect = connection_effect(code) if req_id == -1 else None
         if effect is ConnectionEffect.RESTORED_DATA_LOST:
             log.warning("worker %d: gateway lost requests in flight (%d); resending",
@@ -750,7 +754,7 @@ def main(conn, worker_id: int, client_id: int, settings: WorkerSettings) -> None
         level=settings.log_level,
         format=f"%(asctime)s ibfarm-worker-{worker_id}[%(process)d] %(levelname)s %(message)s")
     if settings.log_level > logging.DEBUG:
-        logging.getLogger("ib_insync").setLevel(logging.CRITICAL)  # we report its errors
+        logging.getLogger(backend.NAME).setLevel(logging.CRITICAL)  # we report its errors
     sock = socket.socket(fileno=os.dup(conn.fileno()))
     conn.close()
     asyncio.run(Worker(sock, worker_id, client_id, settings).run())

@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ib_insync import IB
+from ibfarm.backend import IB
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-from ib_insync import IB, Contract
 
 from ibfarm import BarRequest, FarmConfig, IbFarm, make_contract
+from ibfarm.backend import IB, Contract
 from ibfarm.contracts import parse_trading_hours
 from ibfarm.errors import ErrorKind, IbError
 from ktrdr.data.external_data_interface import (

@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterator
 import psutil
 import pyarrow as pa
 import pytest
-from ib_insync import IB, util
 
 from ibfarm import IbFarm
+from ibfarm.backend import IB, util
 from ibfarm.bars import BAR_SCHEMA, BarRequest
 from ibfarm.contracts import make_contract
 from ibfarm.sim import SimGateway

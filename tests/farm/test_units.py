@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import pyarrow as pa
 import pytest
-from ib_insync import Contract, Forex, Future, Index, Stock
 
 from ibfarm import FarmConfig, arrow_ipc
+from ibfarm.backend import Contract, Forex, Future, Index, Stock
 from ibfarm.bars import BAR_SCHEMA
 from ibfarm.config import parse_client_ids
 from ibfarm.contracts import make_contract, parse_trading_hours

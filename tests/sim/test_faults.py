@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from ib_insync import IB, RequestError, Stock
 
+from ibfarm.backend import IB, RequestError, Stock
 from ibfarm.sim import SimGateway
 from tests.conftest import NOW
 from tests.sim.rawclient import RawClient
