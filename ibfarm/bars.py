@@ -3,8 +3,9 @@
 One module owns the vocabulary that the farm, the simulated gateway and ktrdr share:
 
 * ``BAR_SIZES`` maps every bar size string IB accepts to its length in seconds;
-* ``MAX_DURATION`` gives, per bar size, the longest duration IB accepts in one request
-  (IB's official step table);
+* ``normalize_bar_size`` turns the spellings people type ("1 sec", "1h") into IB's, and
+  ``duration_problem`` says why IB would refuse a duration for a bar size (its step table
+  binds bars of 30 s and less; ``N D`` stops at 365);
 * ``parse_duration`` turns ``"2 D"`` into seconds and ``BarRequest`` is one request;
 * ``BAR_SCHEMA`` is the one Arrow schema bars travel in, from a worker to the caller.
 """
@@ -17,30 +18,44 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
-#: Every bar size IB accepts, with its length in seconds (weeks and months nominal).
+#: Every bar size IB accepts, in IB's own spelling, with its length in seconds (weeks and
+#: months nominal). IB's 321 text lists "1W" and "1M"; clients also send "1 week" and
+#: "1 month", which it takes too. Anything else ("1 sec", "1 mins") is refused with 321.
 BAR_SIZES: dict[str, int] = {
     "1 secs": 1, "5 secs": 5, "10 secs": 10, "15 secs": 15, "30 secs": 30,
     "1 min": 60, "2 mins": 120, "3 mins": 180, "5 mins": 300, "10 mins": 600,
     "15 mins": 900, "20 mins": 1200, "30 mins": 1800,
     "1 hour": 3600, "2 hours": 7200, "3 hours": 10800, "4 hours": 14400, "8 hours": 28800,
-    "1 day": 86400, "1 week": 7 * 86400, "1 month": 30 * 86400,
+    "1 day": 86400, "1 week": 7 * 86400, "1 month": 30 * 86400, "1W": 7 * 86400,
+    "1M": 30 * 86400,
 }
-#: Spellings some clients send for the same sizes.
-BAR_SIZE_ALIASES = {"1W": "1 week", "1M": "1 month", "1 sec": "1 secs", "1 mins": "1 min",
-                    "1 hours": "1 hour", "1 days": "1 day"}
+#: The sizes as IB's 321 text lists them ("Legal ones are: ...").
+LEGAL_BAR_SIZES = ("1 secs, 5 secs, 10 secs, 15 secs, 30 secs, 1 min, 2 mins, 3 mins, 5 mins, "
+                   "10 mins, 15 mins, 20 mins, 30 mins, 1 hour, 2 hours, 3 hours, 4 hours, "
+                   "8 hours, 1 day, 1W, 1M")
+#: Unit words people type, by the unit IB spells ("secs", "min", "hour", ...).
+_UNIT_WORDS = {
+    "s": "sec", "sec": "sec", "secs": "sec", "second": "sec", "seconds": "sec",
+    "m": "min", "min": "min", "mins": "min", "minute": "min", "minutes": "min",
+    "h": "hour", "hr": "hour", "hrs": "hour", "hour": "hour", "hours": "hour",
+    "d": "day", "day": "day", "days": "day",
+    "w": "week", "wk": "week", "week": "week", "weeks": "week",
+    "mo": "month", "mon": "month", "month": "month", "months": "month",
+}
+_BAR_TEXT_RE = re.compile(r"^\s*(\d+)\s*([A-Za-z]+)\s*$")
 
 #: Nominal seconds per duration unit (months and years as IB's step table treats them).
 DURATION_UNITS = {"S": 1, "D": 86400, "W": 7 * 86400, "M": 31 * 86400, "Y": 366 * 86400}
 
-#: Longest duration IB answers per bar size: IB's official step table, except that minute bars
-#: go to a week (IB serves them; QuantConnect's Lean pages 1-minute bars a week at a time).
-MAX_DURATION: dict[str, str] = {
+#: Longest duration IB answers per bar size for bars of 30 seconds or less: IB's official
+#: step table. For bars of a minute and longer IB lifted the step limits (it serves months of
+#: 1-minute bars); only ``N D`` with N over 365 is refused there (321 'bH': use years).
+STEP_LIMIT: dict[str, str] = {
     "1 secs": "1800 S", "5 secs": "3600 S", "10 secs": "14400 S", "15 secs": "14400 S",
-    "30 secs": "28800 S", "1 min": "1 W", "2 mins": "1 W", "3 mins": "1 W", "5 mins": "1 W",
-    "10 mins": "1 W", "15 mins": "1 W", "20 mins": "1 W", "30 mins": "1 M", "1 hour": "1 M",
-    "2 hours": "1 M", "3 hours": "1 M", "4 hours": "1 M", "8 hours": "1 M", "1 day": "1 Y",
-    "1 week": "1 Y", "1 month": "1 Y",
+    "30 secs": "28800 S",
 }
+#: The longest ``N D`` IB takes (longer must be asked in years).
+MAX_DAYS = 365
 
 #: What IB can show in historical bars.
 WHAT_TO_SHOW = ("TRADES", "MIDPOINT", "BID", "ASK", "BID_ASK")
@@ -61,15 +76,30 @@ _DURATION_RE = re.compile(r"^\s*(\d+)\s+([SDWMY])\s*$")
 
 
 def normalize_bar_size(bar_size: str) -> str:
-    """Return IB's canonical spelling of ``bar_size``.
+    """IB's spelling of a bar size typed the way people type it.
+
+    ``"1 secs"`` stays; ``"1 sec"``, ``"1s"``, ``"5 min"``, ``"1h"``, ``"1 hours"``, ``"1d"``,
+    ``"1w"``, ``"1 month"`` become ``"1 secs"``, ``"5 mins"``, ``"1 hour"``, ``"1 day"``,
+    ``"1 week"``, ``"1 month"``. A bare ``"1M"`` is IB's month (``"1m"`` a minute).
 
     Raises:
-        ValueError: the size is not one IB accepts; the message lists the legal ones.
+        ValueError: not a size IB offers; the message lists the legal ones.
     """
-    name = BAR_SIZE_ALIASES.get(bar_size.strip(), bar_size.strip())
-    if name not in BAR_SIZES:
-        raise ValueError(f"illegal bar size {bar_size!r}; legal ones are: {', '.join(BAR_SIZES)}")
-    return name
+    text = (bar_size or "").strip()
+    if text in BAR_SIZES:
+        return text
+    match = _BAR_TEXT_RE.match(text)
+    unit = None
+    if match:
+        word = match.group(2)
+        unit = "month" if word == "M" else _UNIT_WORDS.get(word.lower())
+    if unit is not None:
+        count = int(match.group(1))
+        plural = count != 1 or unit == "sec"
+        name = f"{count} {unit}{'s' if plural else ''}"
+        if name in BAR_SIZES:
+            return name
+    raise ValueError(f"illegal bar size {bar_size!r}; IB's are: {LEGAL_BAR_SIZES}")
 
 
 def bar_seconds(bar_size: str) -> int:
@@ -95,10 +125,25 @@ def duration_seconds(duration: str) -> int:
     return count * DURATION_UNITS[unit]
 
 
+def duration_problem(bar_size: str, duration: str) -> str | None:
+    """Why IB would refuse ``duration`` for ``bar_size`` in one request, or None.
+
+    ``"days"``: ``N D`` with N over 365 (IB: 321 'bH', "must be made in years");
+    ``"step"``: longer than the step table allows for bars of 30 s or less (IB: 162 "Time
+    length exceed max.").
+    """
+    count, unit = parse_duration(duration)
+    if unit == "D" and count > MAX_DAYS:
+        return "days"
+    limit = STEP_LIMIT.get(normalize_bar_size(bar_size))
+    if limit is not None and duration_seconds(duration) > duration_seconds(limit):
+        return "step"
+    return None
+
+
 def duration_allowed(bar_size: str, duration: str) -> bool:
     """Whether IB accepts ``duration`` for ``bar_size`` in one request."""
-    longest = MAX_DURATION[normalize_bar_size(bar_size)]
-    return duration_seconds(duration) <= duration_seconds(longest)
+    return duration_problem(bar_size, duration) is None
 
 
 def is_daily_or_longer(bar_size: str) -> bool:
@@ -143,7 +188,3 @@ class BarRequest:
         end = self.end_utc()
         return "" if end is None else end.strftime("%Y%m%d %H:%M:%S UTC")
 
-
-def empty_bars() -> pa.Table:
-    """A table with the bar schema and no rows."""
-    return BAR_SCHEMA.empty_table()

@@ -1,14 +1,85 @@
-"""Symbols to ib_insync contracts, and IB's trading-hours strings to UTC sessions."""
+"""Symbols to contracts, IB's time-zone ids to IANA zones, and IB's trading-hours strings to
+UTC sessions."""
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta, timezone
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ibfarm.backend import Contract, Forex, Future, Index, Stock
 
 log = logging.getLogger(__name__)
+
+#: IB's ``timeZoneId`` values -> IANA zones. IB sends IANA's old link names ("US/Eastern",
+#: "GB-Eire", "Hongkong", "Japan"), which zoneinfo may lack on a slim system, and legacy
+#: abbreviations that are fixed offsets in IANA ("EST" has no summer time) or no IANA name at
+#: all ("IST"); the abbreviations are settled by the exchange (``EXCHANGE_ZONES``) where it is
+#: known, and by the first zone listed here otherwise.
+IB_ZONES: dict[str, str] = {
+    "US/Eastern": "America/New_York", "US/Central": "America/Chicago",
+    "US/Mountain": "America/Denver", "US/Pacific": "America/Los_Angeles",
+    "America/New_York": "America/New_York", "America/Chicago": "America/Chicago",
+    "GB-Eire": "Europe/London", "GB": "Europe/London", "Europe/London": "Europe/London",
+    "Hongkong": "Asia/Hong_Kong", "Asia/Hong_Kong": "Asia/Hong_Kong",
+    "Japan": "Asia/Tokyo", "Asia/Tokyo": "Asia/Tokyo", "JST": "Asia/Tokyo",
+    "MET": "Europe/Berlin", "CET": "Europe/Berlin", "Europe/Berlin": "Europe/Berlin",
+    "Europe/Paris": "Europe/Paris", "Europe/Amsterdam": "Europe/Amsterdam",
+    "Europe/Zurich": "Europe/Zurich", "Australia/NSW": "Australia/Sydney",
+    "Australia/Sydney": "Australia/Sydney", "Canada/Eastern": "America/Toronto",
+    "America/Toronto": "America/Toronto", "Asia/Calcutta": "Asia/Kolkata",
+    "Asia/Kolkata": "Asia/Kolkata", "Singapore": "Asia/Singapore",
+    "Asia/Singapore": "Asia/Singapore", "UTC": "UTC", "GMT": "Europe/London",
+    # legacy abbreviations: the exchange decides when it is known
+    "EST": "America/New_York", "EDT": "America/New_York", "EST5EDT": "America/New_York",
+    "CST": "America/Chicago", "CDT": "America/Chicago", "CST6CDT": "America/Chicago",
+    "IST": "Asia/Kolkata", "HKT": "Asia/Hong_Kong", "BST": "Europe/London",
+}
+#: IB exchange codes -> the zone the exchange keeps its hours in.
+EXCHANGE_ZONES: dict[str, str] = {
+    "NYSE": "America/New_York", "NASDAQ": "America/New_York", "ARCA": "America/New_York",
+    "AMEX": "America/New_York", "BATS": "America/New_York", "ISLAND": "America/New_York",
+    "SMART": "America/New_York", "IDEALPRO": "America/New_York", "NYMEX": "America/New_York",
+    "COMEX": "America/New_York", "NYBOT": "America/New_York",
+    "CME": "America/Chicago", "GLOBEX": "America/Chicago", "CBOT": "America/Chicago",
+    "ECBOT": "America/Chicago", "CBOE": "America/Chicago", "CFE": "America/Chicago",
+    "LSE": "Europe/London", "LSEETF": "Europe/London", "ICEEU": "Europe/London",
+    "SEHK": "Asia/Hong_Kong", "HKFE": "Asia/Hong_Kong",
+    "TSEJ": "Asia/Tokyo", "OSE.JPN": "Asia/Tokyo",
+    "IBIS": "Europe/Berlin", "XETRA": "Europe/Berlin", "FWB": "Europe/Berlin",
+    "EUREX": "Europe/Berlin", "SBF": "Europe/Paris", "AEB": "Europe/Amsterdam",
+    "EBS": "Europe/Zurich", "SWX": "Europe/Zurich", "ASX": "Australia/Sydney",
+    "TSE": "America/Toronto", "NSE": "Asia/Kolkata", "SGX": "Asia/Singapore",
+}
+_ABBREVIATIONS = frozenset({"EST", "EDT", "EST5EDT", "CST", "CDT", "CST6CDT", "IST", "HKT",
+                            "BST", "MET", "CET", "JST", "GMT"})
+
+
+def iana_zone(ib_zone: str | None, exchange: str | None = None) -> str:
+    """The IANA zone of an IB ``timeZoneId`` for a contract on ``exchange``.
+
+    Old link names map to their zone; a legacy abbreviation ("EST", "IST") becomes the zone
+    of the exchange when it is known (EST is a fixed offset in IANA, wrong in summer); an
+    empty or unknown id falls back to the exchange's zone (then UTC), with a warning. Never
+    raises.
+    """
+    name = (ib_zone or "").strip()
+    exchange_zone = EXCHANGE_ZONES.get((exchange or "").strip().upper())
+    if name in _ABBREVIATIONS and exchange_zone:
+        return exchange_zone
+    if name in IB_ZONES:
+        return IB_ZONES[name]
+    if name:
+        try:
+            ZoneInfo(name)
+            return name
+        except (ZoneInfoNotFoundError, ValueError):  # ValueError: a malformed key
+            pass
+    fallback = exchange_zone or "UTC"
+    log.warning("unknown IB time zone %r%s; using %s", name,
+                f" on {exchange}" if exchange else "", fallback)
+    return fallback
+
 
 #: Where a security type trades by default when the caller gives no exchange (or SMART).
 DEFAULT_EXCHANGE = {"STK": "SMART", "CASH": "IDEALPRO", "FUT": "CME", "IND": "CBOE"}
