@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-SYMBOL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.\-]{0,19}$"
+from ktrdr.data.symbols import SYMBOL_PATTERN
 
 
 def _utc(value: datetime | None) -> datetime | None:

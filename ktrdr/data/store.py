@@ -18,7 +18,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,11 +30,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ktrdr.data.external_data_interface import OHLCV_COLUMNS
+from ktrdr.data.symbols import InvalidSymbolError, normalize_symbol
 from ktrdr.data.timeframes import normalize_timeframe
 
 log = logging.getLogger(__name__)
 
-_SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9.\-]{0,19}$")
 _META_KEY = b"ktrdr"
 _TMP_PREFIX = ".tmp-"
 
@@ -65,10 +64,6 @@ class StoreError(Exception):
     """A problem with the local store."""
 
 
-class InvalidSymbolError(StoreError, ValueError):
-    """A symbol that cannot name a file in the store."""
-
-
 class DataCorruptError(StoreError):
     """A stored file that cannot be read. It is never overwritten automatically."""
 
@@ -83,21 +78,6 @@ class DataCorruptError(StoreError):
 def default_data_dir() -> Path:
     """``KTRDR_DATA_DIR``, else ``./data``."""
     return Path(os.environ.get("KTRDR_DATA_DIR") or "data")
-
-
-def normalize_symbol(symbol: str) -> str:
-    """Upper-cased symbol, checked to be a safe file-name part.
-
-    Raises:
-        InvalidSymbolError: anything but 1-20 of A-Z, 0-9, "." and "-", starting with a
-            letter or digit.
-    """
-    text = (symbol or "").strip().upper()
-    if not _SYMBOL_RE.match(text) or ".." in text:
-        raise InvalidSymbolError(
-            f"invalid symbol {symbol!r}: use 1-20 letters, digits, '.' or '-' "
-            f"(e.g. AAPL, EUR.USD, BRK-B)")
-    return text
 
 
 @dataclass
