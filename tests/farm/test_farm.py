@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import concurrent.futures
 from datetime import datetime, timedelta, timezone
 
@@ -86,9 +87,14 @@ def test_illegal_bar_size_fails_at_once_and_at_the_gateway(farm):
     assert isinstance(error, InvalidRequestError) and error.code == 321
 
 
-def test_too_long_duration_is_a_typed_ib_error(farm):
-    error = farm.historical_bars(BarRequest("AAPL", "1 min", "1 M", end=END)).exception(WAIT)
-    assert isinstance(error, IbError) and error.code == 162
+@pytest.mark.parametrize("bar_size, duration, text", [
+    ("1 secs", "1 D", "step table"),  # beyond IB's step table for small bars
+    ("1 min", "400 D", "at most 365 days"),  # IB: 321 'bH', "must be made in years"
+])
+def test_what_ib_would_refuse_is_refused_before_sending(sim, farm, bar_size, duration, text):
+    error = farm.historical_bars(BarRequest("AAPL", bar_size, duration, end=END)).exception(1)
+    assert isinstance(error, InvalidRequestError) and error.code == 0 and text in str(error)
+    assert sim.stats()["requests"].get("historical", 0) == 0
 
 
 def test_stalled_request_times_out_and_is_cancelled_at_the_gateway(sim, make_farm):
@@ -122,8 +128,9 @@ def test_submit_runs_functions_with_the_workers_ib(farm):
     assert farm.submit(fns.client_id).result(WAIT) == 1
     with pytest.raises(ValueError, match="boom"):
         farm.submit(fns.boom).result(WAIT)
+    assert farm.submit(lambda ib, x: x + 1, 41).result(WAIT) == 42  # travels by value
     with pytest.raises(TypeError, match="cannot send"):
-        farm.submit(lambda ib: 1).result(WAIT)
+        farm.submit(fns.client_id, threading.Lock()).result(WAIT)
 
 
 def test_awaitable_from_asyncio_without_blocking_the_loop(farm):
