@@ -176,8 +176,8 @@ class FarmConfig:
         max_retries: times a request is sent again after the worker it was on died.
         max_resends: times a request may be in flight when the gateway closes the connection
             right after it was sent before it fails as one the gateway refuses
-            (``InvalidRequestError``); such a request is sent alone meanwhile, so it never
-            takes other requests down with it.
+            (``InvalidRequestError``); after the second such close it is sent alone, so it
+            never takes other requests down with it.
         outage_timeout: seconds queued work waits for a gateway that went down (or for IB's
             maintenance to end) before it fails with ``IbConnectionError`` (default 90 min,
             IB's longest daily maintenance window).

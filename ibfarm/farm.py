@@ -180,6 +180,10 @@ def _invalid(exc: ValueError) -> InvalidRequestError:
 def _checked_contract(symbol_or_contract, sec_type: str = "STK", exchange: str = "SMART",
                       currency: str = "USD") -> Contract:
     """``make_contract`` whose every text field is one the wire can carry."""
+    if isinstance(symbol_or_contract, str):
+        check_wire_text(symbol_or_contract, "symbol")
+        if not symbol_or_contract.strip():
+            raise ValueError("empty symbol; give an IB symbol such as AAPL or EUR.USD")
     contract = make_contract(symbol_or_contract, sec_type, exchange, currency)
     for name in ("symbol", "secType", "exchange", "primaryExchange", "currency", "localSymbol",
                  "tradingClass", "lastTradeDateOrContractMonth", "multiplier", "right"):

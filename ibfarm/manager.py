@@ -104,6 +104,10 @@ TIMEOUT_GRACE = 2.0
 EXIT_GRACE = 5.0
 #: How long a client id refused with 326 is left alone.
 ID_IN_USE_COOLDOWN = 60.0
+#: A request the gateway closed the connection on this many times (right after it was sent,
+#: with the others sent at that moment) is sent alone from then on: a single close is usually
+#: a restart or a network fault, and blames everything sent in the same instant.
+ALONE_AFTER = 2
 #: A request sent alone (after the gateway closed the connection on it) is cleared after this
 #: long in flight without another close: other work may join it on its worker.
 QUARANTINE_CLEAR = 1.0
@@ -482,12 +486,13 @@ class Manager:
         self.next_poll = math.inf
         sends: Sends = []
         skipped: list[WorkItem] = []
+        passed = 0  # items passed over because one contract is held
         while (item := self.queue.peek()) is not None:
-            if item.suspects:
+            if item.suspects >= ALONE_AFTER:
                 outcome = self._dispatch_alone(item, now, sends)
                 if outcome == "sent":
                     continue
-                if outcome == "wait" and len(skipped) < MAX_SKIP:
+                if outcome == "wait":  # no idle worker yet: the others go meanwhile
                     skipped.append(self.queue.pop())
                     continue
                 break
@@ -498,8 +503,9 @@ class Manager:
             placed, per_contract = self._try_lanes(item, lanes, now, sends)
             if placed:
                 continue
-            if per_contract and len(skipped) < MAX_SKIP:
+            if per_contract and passed < MAX_SKIP:
                 skipped.append(self.queue.pop())  # one contract held; others may go
+                passed += 1
                 continue
             break
         for item in skipped:
@@ -563,7 +569,7 @@ class Manager:
         item.sent_at = now
         item.deadline = now + item.budget + TIMEOUT_GRACE
         item.paused_left = None
-        if item.suspects:
+        if item.suspects >= ALONE_AFTER:
             handle.exclusive = item
         handle.in_flight[item.call_id] = item
         handle.last_active = now

@@ -86,9 +86,11 @@ _MAX_BACKOFF = 5.0
 #: Messages a read-only connect sends (START_API, positions, account data, account updates,
 #: executions, and one spare); they count against the shared message rate.
 CONNECT_MESSAGES = 6
-#: A call sent this recently when the gateway closed the connection is a suspect: the gateway
-#: may have closed it because of that request.
+#: When the gateway closes the connection, the calls sent last (within ``SUSPECT_BURST`` of
+#: the last send, and no longer than ``SUSPECT_WINDOW`` before the close) are suspects: the
+#: gateway may have closed it because it could not read one of them.
 SUSPECT_WINDOW = 1.0
+SUSPECT_BURST = 0.05
 
 
 @dataclass
@@ -224,6 +226,9 @@ class Worker:
             self.ib.client.MaxRequests = 0
         self.state = WorkerState.STARTING
         self._calls: dict[int, _Running] = {}
+        self._cancels: set[asyncio.Task] = set()  # cancels waiting for the message rate
+        self._last_send: float | None = None  # the last send before the connection dropped
+        self._dropped_at = 0.0
         self._live: dict[int, tuple[asyncio.Future, _Running]] = {}  # IB req id -> future
         self._connected = False
         self._link_down = False
@@ -255,7 +260,7 @@ class Worker:
             await self._stop.wait()
         finally:
             self._stopping = True
-            tasks = [*helpers, *(r.task for r in self._calls.values())]
+            tasks = [*helpers, *(r.task for r in self._calls.values()), *self._cancels]
             if self._connector is not None:
                 tasks.append(self._connector)
             for task in tasks:
@@ -436,6 +441,9 @@ class Worker:
         if self._stopping:
             return
         log.warning("worker %d: gateway dropped the connection; reconnecting", self.worker_id)
+        sends = [r.clock.sent_at for r in self._calls.values() if r.clock.sent_at is not None]
+        self._last_send = max(sends, default=None)
+        self._dropped_at = time.monotonic()
         for future, running in list(self._live.values()):
             if not future.done():
                 future.set_exception(_Lost(Interruption.DROPPED))
@@ -484,8 +492,9 @@ class Worker:
     def _interrupted(self, running: _Running, reason: Interruption) -> None:
         clock = running.clock
         clock.pause()
-        suspect = (reason is Interruption.DROPPED and clock.sent_at is not None
-                   and time.monotonic() - clock.sent_at < SUSPECT_WINDOW)
+        sent, last = clock.sent_at, self._last_send
+        suspect = (reason is Interruption.DROPPED and sent is not None and last is not None
+                   and sent >= last - SUSPECT_BURST and self._dropped_at - sent < SUSPECT_WINDOW)
         self._send(Interrupted(running.call.call_id, clock.spent, reason, suspect))
 
     def _timeout_error(self, call: Call) -> RequestTimeoutError:
@@ -516,22 +525,31 @@ class Worker:
             running.clock.start()
             result = await future
             if cancel_after and cancel is not None:
-                self._count_message()
-                cancel(req_id)
+                self._cancel_at_ib(cancel, req_id)
             return result
         except asyncio.CancelledError:
-            if cancel is not None and self.ib.isConnected() and running.lost is None:
-                with contextlib.suppress(Exception):
-                    self._count_message()
-                    cancel(req_id)
+            if cancel is not None and running.lost is None:
+                self._cancel_at_ib(cancel, req_id)
             raise
         finally:
             self._live.pop(req_id, None)
             self.ib.wrapper._endReq(req_id)  # forget it, whatever happened
 
-    def _count_message(self) -> None:
-        if self._pacer is not None:
-            self._pacer.record_messages(1)
+    def _cancel_at_ib(self, cancel: Callable[[int], None], req_id: int) -> None:
+        """Send ``cancel(req_id)`` as soon as the message rate allows (a burst of cancels
+        counts against it like any other message: IB disconnects a client over 50 a second)."""
+        if self._stopping or not self.ib.isConnected():
+            return
+
+        async def send() -> None:
+            if self._pacer is not None:
+                await self._pacer.acquire_messages(1)
+            if self.ib.isConnected():
+                cancel(req_id)
+
+        task = asyncio.get_running_loop().create_task(send())
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
 
     async def _op_bars(self, running: _Running, contract: Contract, end: str, duration: str,
                        bar_size: str, what_to_show: str, use_rth: bool) -> _Bars:
