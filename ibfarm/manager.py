@@ -277,7 +277,7 @@ class WorkerHandle:
     @property
     def takes_work(self) -> bool:
         return (self.state is WorkerState.READY and not self.retiring and self.exclusive is None
-                and len(self.in_flight) < WORKER_SLOTS
+                and not self.lane.ib_down and len(self.in_flight) < WORKER_SLOTS
                 and (not self.reserved_until or time.monotonic() >= self.reserved_until))
 
 
@@ -295,6 +295,9 @@ class Lane:
     refused: bool = False
     last_error: str = ""
     served: int = 0
+    #: IB is away from this gateway (a worker saw 1100; IB's link is the gateway's, so every
+    #: worker on it waits, also one that connected after the 1100 and never heard it).
+    ib_down: bool = False
     #: The pacer's waiter of each queued item this lane has asked for (the queue's head, and
     #: items passed over because one contract is held): few, whatever the queue's length.
     waiters: dict[int, Waiter] = field(default_factory=dict)
@@ -313,10 +316,10 @@ class Lane:
         """``up``, ``maintenance`` (IB away from the gateway), ``connecting``,
         ``unreachable`` (never reached; failing), ``down`` (was up), or ``idle``."""
         states = {w.state for w in self.workers.values() if not w.retiring}
+        if self.ib_down or WorkerState.LINK_DOWN in states:
+            return "maintenance"
         if WorkerState.READY in states:
             return "up"
-        if WorkerState.LINK_DOWN in states:
-            return "maintenance"
         if not states:
             return "idle"
         if not self.ever_ready:
@@ -852,9 +855,17 @@ class Manager:
             handle.served += 1
             handle.lane.served += 1
             delay = None
-            if isinstance(error, IbError) and error.kind not in (ErrorKind.TIMEOUT,):
+            if isinstance(error, IbError) and error.kind is ErrorKind.TIMEOUT and \
+                    handle.lane.ib_down:
+                # A worker that never heard the 1100 timed the call out while IB was away:
+                # not the request's fault. It waits in the queue for IB like the others.
+                self.totals["requeued"] += 1
+                self._requeue(item, now)
+            elif isinstance(error, IbError) and error.kind is not ErrorKind.TIMEOUT:
                 delay = self.retry.delay(item.failures + 1, error.kind)
-            if delay is not None:
+            if item.state is ItemState.QUEUED:
+                pass
+            elif delay is not None:
                 item.failures += 1
                 self.ib_retries[error.kind.value] += 1
                 log.info("call %d got %s; retry %d in %.2f s", call_id, error, item.failures,
@@ -919,12 +930,16 @@ class Manager:
                 handle.lane.last_error = ""
                 if handle.ready_after is None:
                     handle.ready_after = now - handle.started
-            if msg.state is WorkerState.LINK_DOWN:  # IB is away: its calls' clocks stop
-                for item in handle.in_flight.values():
+            lane = handle.lane
+            if msg.state is WorkerState.LINK_DOWN and not lane.ib_down:
+                lane.ib_down = True  # IB is away: every call's clock on this gateway stops
+                for item in (i for w in lane.workers.values() for i in w.in_flight.values()):
                     item.paused_left = max(0.0, item.deadline - TIMEOUT_GRACE - now)
                     item.deadline = math.inf
-            elif previous is WorkerState.LINK_DOWN:
-                for item in handle.in_flight.values():
+            elif previous is WorkerState.LINK_DOWN and msg.state is WorkerState.READY \
+                    and lane.ib_down:
+                lane.ib_down = False
+                for item in (i for w in lane.workers.values() for i in w.in_flight.values()):
                     if item.paused_left is not None:
                         item.deadline = now + item.paused_left + TIMEOUT_GRACE
                         item.paused_left = None
@@ -1024,6 +1039,8 @@ class Manager:
         """Fail the calls whose time at IB ran out and cancel them at their worker."""
         next_check = math.inf
         for lane in self.lanes:
+            if lane.ib_down:
+                continue  # clocks stopped while IB is away
             for handle in lane.workers.values():
                 for item in list(handle.in_flight.values()):
                     if item.deadline > now:
