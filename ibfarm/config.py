@@ -296,7 +296,12 @@ class FarmConfig:
             "retry": ("IBFARM_RETRY_ATTEMPTS", lambda v: RetryPolicy(max_attempts=int(v))),
         }
         values = {}
+        given = set(overrides)
+        if given & {"host", "port"}:
+            given.add("gateways")  # a gateway given in code wins over IB_GATEWAYS too
         for name, (var, convert) in readers.items():
+            if name in given:
+                continue  # not read at all: a bad value there cannot stop an override
             raw = env.get(var)
             if raw not in (None, ""):
                 try:

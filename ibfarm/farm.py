@@ -149,16 +149,18 @@ class IbFarm(concurrent.futures.Executor):
         first gateway's counters)."""
         return self._manager.status()
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False,
+                 cancel_running: bool = False) -> None:
         """Stop taking work; finish what is in flight; stop the workers.
 
         Args:
             wait: return only when every worker has exited and the farm's threads, pipes
                 and pacer segments are released.
-            cancel_futures: cancel the requests not yet sent (requests at IB still finish;
-                cancel their futures to stop them too).
+            cancel_futures: cancel the requests not yet sent.
+            cancel_running: also cancel the requests out at IB (each is cancelled at the
+                gateway), so the farm stops at once (Ctrl-C).
         """
-        self._manager.shutdown(wait, cancel_futures)
+        self._manager.shutdown(wait, cancel_futures or cancel_running, cancel_running)
         _live_farms.discard(self)
 
 

@@ -1157,7 +1157,9 @@ class Manager:
                       "client_ids": f"{lane.address.client_ids.start}-"
                                     f"{lane.address.client_ids.stop - 1}",
                       "workers": len(lane.workers), "in_flight": lane.in_flight(),
-                      "served": lane.served, "last_error": lane.last_error}
+                      "served": lane.served, "last_error": lane.last_error,
+                      "refused": lane.refused and not lane.ever_ready,
+                      "ib_down": lane.ib_down}
                      for lane in self.lanes]
         for (_, handle), row in zip(pairs, rows, strict=True):
             row.update(_process_usage(handle))

@@ -107,18 +107,21 @@ def test_a_gateway_that_goes_down_is_worked_around_and_used_again(make_gateway):
 
 
 def test_small_bars_use_both_gateways_budgets_without_a_violation(make_gateway):
-    # Each gateway allows 60 small-bar requests per 3 s window: 120 requests need two windows
-    # on one gateway, one on two.
-    policy = PacingPolicy().scaled(200)
+    # Each gateway allows 60 small-bar requests per 30 s window: 120 requests need two windows
+    # on one gateway, one on two. (Scaled by 20, the same-contract window is 0.1 s: enough
+    # to stay clear of a loaded machine's scheduling delays.)
+    policy = PacingPolicy().scaled(20)
     a, b = make_gateway(pacing=policy), make_gateway(pacing=policy)
     farm = IbFarm(gateways=[f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"], max_workers=2,
                   pacing=policy)
     try:
-        requests = [BarRequest(SYMBOLS[i % 4], "30 secs", "1800 S",
-                               end=END - timedelta(minutes=30 * (i // 4))) for i in range(120)]
+        n = len(SYMBOLS)
+        requests = [BarRequest(SYMBOLS[i % n], "30 secs", "1800 S",
+                               end=END - timedelta(minutes=30 * (i // n))) for i in range(120)]
         assert all(f.exception(60) is None for f in [farm.historical_bars(r) for r in requests])
         served = [g["served"] for g in farm.status()["gateways"]]
+        violations = (a.stats()["pacing_rules"], b.stats()["pacing_rules"])
+        assert a.stats()["pacing_violations"] == b.stats()["pacing_violations"] == 0, violations
         assert sum(served) == 120 and min(served) >= 40
-        assert a.stats()["pacing_violations"] == b.stats()["pacing_violations"] == 0
     finally:
         farm.shutdown()

@@ -248,3 +248,14 @@ def test_a_timeout_counts_only_time_at_ib(make_gateway, make_farm):
     with pytest.raises(RequestTimeoutError):
         stalled.result(WAIT)
     assert waiting.result(WAIT).num_rows > 0
+
+
+def test_shutdown_can_cancel_what_is_at_ib_too(make_gateway):
+    gateway = make_gateway(pacing="off", latency=60.0)
+    farm = IbFarm(port=gateway.port, max_workers=2)
+    futures = [farm.historical_bars(r) for r in hourly(20)]
+    wait_until(lambda: gateway.stats()["open_requests"] == 20, what="requests at the gateway")
+    farm.shutdown(wait=True, cancel_running=True)  # does not wait a minute for the answers
+    assert all(f.cancelled() for f in futures)
+    assert not worker_processes()
+    wait_until(lambda: gateway.stats()["open_requests"] == 0, what="the gateway to drop them")

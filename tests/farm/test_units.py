@@ -157,3 +157,11 @@ def test_worker_popen_launch_is_cpythons_with_only_main_left_out():
 
     ours = _code(inspect.getsource(WorkerPopen._launch), drop='prep_data.pop("init_main_from_')
     assert ours == _code(inspect.getsource(popen_forkserver.Popen._launch))
+
+
+def test_from_env_reads_only_what_the_caller_did_not_give():
+    env = {"IB_PORT": "abc", "IB_GATEWAYS": "10.0.0.5:4002", "IBFARM_MAX_WORKERS": "3"}
+    config = FarmConfig.from_env(env, port=4100)
+    assert config.addresses[0].key == "127.0.0.1:4100" and config.max_workers == 3
+    with pytest.raises(ValueError, match="IB_PORT='abc'"):
+        FarmConfig.from_env(env)
