@@ -195,9 +195,9 @@ def _fail(exc: BaseException, gateway: Any = None) -> typer.Exit:
     from ktrdr.data.store import DataCorruptError, InvalidSymbolError
     from ktrdr.data.timeframes import TimeframeError
 
-    if isinstance(exc, DataProviderConnectionError) and gateway is not None:
-        where = gateway if not gateway.sim else clikit.Gateway("127.0.0.1", 0, True, "--sim")
-        return _say(clikit.unreachable(where, _connection_reason(exc)), 1)
+    if isinstance(exc, DataProviderConnectionError) and gateway is not None \
+            and not gateway.sim:
+        return _say(clikit.unreachable(gateway, _connection_reason(exc)), 1)
     bad_input = (InvalidSymbolError, TimeframeError, InvalidRangeError, clikit.UsageError,
                  dates.DateFormatError)
     if isinstance(exc, DataProviderError | DataCorruptError):
