@@ -111,11 +111,13 @@ def test_forex_defaults_to_midpoint_and_says_so():
     assert int(result.output.strip().splitlines()[-1].split()[0]) > 20
 
 
-def test_forex_trades_comes_back_empty_with_a_hint():
+def test_forex_trades_is_refused_by_ib_with_a_hint():
+    # Real IB answers TRADES on forex with 162 "No historical market data for
+    # EUR/CASH@FXSUBPIP Last 1d"; the simulator does too: bad input, exit 2, and what to ask.
     result = runner.invoke(app, ["fetch", "EUR.USD", "--what-to-show", "TRADES", "--sim"])
-    assert result.exit_code == 0, result.output
-    assert "0 bars of EUR.USD" in result.output
-    assert "hint: forex has no TRADES data" in result.output and "MIDPOINT" in result.output
+    assert result.exit_code == 2, result.output
+    assert "No historical market data for EUR/CASH@FXSUBPIP" in result.output
+    assert "forex pairs have no TRADES: ask for MIDPOINT" in result.output
 
 
 def test_ib_port_not_a_number_is_one_line_exit_2():
