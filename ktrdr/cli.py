@@ -1,7 +1,9 @@
 """``ktrdr`` on the command line.
 
-``ktrdr data load | backfill | show | gaps``; ``--sim`` (or ``IB_GATEWAY=sim``) runs them on
-an embedded simulated IB Gateway. Exit codes: 0 all went well, 1 something failed, 2 bad input.
+``ktrdr data load | backfill | show | gaps | migrate | query``; ``--sim`` (or
+``IB_GATEWAY=sim``) runs them on an embedded simulated IB Gateway and its own dataset. The
+data directory is checked before anything starts (``BarStore.check_usable``). Exit codes: 0
+all went well, 1 something failed, 2 bad input (an unusable data directory included).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ console = Console() if sys.stdout.isatty() else Console(width=140)
 err_console = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=140)
 
 SIM_HELP = "Run on an embedded simulated IB Gateway (also: IB_GATEWAY=sim)."
-DIR_HELP = "Data directory (default: KTRDR_DATA_DIR or ./data)."
+DIR_HELP = "Data directory, a path or URL (default: KTRDR_DATA_DIR or ./data)."
 TYPE_HELP = "Instrument type: stock, forex, future or index (default: guessed)."
 
 
@@ -50,17 +52,34 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more.
 # --------------------------------------------------------------------------- plumbing
 
 
+def _check_store(data_dir: str | None, sim: bool, writable: bool = True) -> None:
+    """Stop with ``StoreUnusableError`` (exit 2) before starting anything when the data
+    directory cannot be used."""
+    from ktrdr.data.store import IB_SOURCE, SIM_SOURCE, BarStore
+    from ktrdr.sim import sim_requested
+
+    source = SIM_SOURCE if sim_requested(sim) else IB_SOURCE
+    BarStore(data_dir, source, migrate=False).check_usable(writable=writable)
+
+
 @contextlib.contextmanager
 def _manager(data_dir: str | None, sim: bool, latency: float = 0.0,
-             workers: int | None = None) -> Iterator[tuple[Any, Any]]:
-    """A DataManager on IB (from the environment) or on an embedded simulated gateway."""
+             workers: int | None = None, fetch: bool = True) -> Iterator[tuple[Any, Any]]:
+    """A DataManager on IB (from the environment) or on an embedded simulated gateway; with
+    ``fetch=False`` no gateway is started (the simulator's dataset is still the one used)."""
     from ktrdr.data.data_manager import DataManager
     from ktrdr.sim import EmbeddedSim, sim_requested
 
     embedded = None
     provider = None
+    _check_store(data_dir, sim, writable=fetch)
     try:
-        if sim_requested(sim):
+        if sim_requested(sim) and not fetch:
+            from ktrdr.data.ib_data_adapter import IbDataAdapter
+
+            # never connected (nothing is fetched): it only names the simulator's dataset
+            provider = IbDataAdapter(source="sim")
+        elif sim_requested(sim):
             embedded = EmbeddedSim(latency=latency, max_workers=workers or 4).start()
             provider = embedded.provider()
             err_console.print(f"[dim]simulated IB Gateway on 127.0.0.1:{embedded.gateway.port}"
@@ -85,11 +104,11 @@ def _fail(exc: BaseException) -> typer.Exit:
     """Print ``exc`` plainly and pick the exit code (2: bad input, 1: anything else)."""
     from ktrdr.data.data_manager import InvalidRangeError
     from ktrdr.data.external_data_interface import DataProviderError
-    from ktrdr.data.store import DataCorruptError, InvalidSymbolError
+    from ktrdr.data.store import DataCorruptError, InvalidSymbolError, StoreUnusableError
     from ktrdr.data.timeframes import TimeframeError
 
     err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
-    bad_input = (InvalidSymbolError, TimeframeError, InvalidRangeError)
+    bad_input = (InvalidSymbolError, TimeframeError, InvalidRangeError, StoreUnusableError)
     if isinstance(exc, DataProviderError | DataCorruptError):
         return typer.Exit(1)
     return typer.Exit(2 if isinstance(exc, bad_input) else 1)
@@ -172,7 +191,7 @@ def load(symbol: str, timeframe: str,
     """Load one symbol, fetching what MODE asks for, and print its last bars."""
     began = time.monotonic()
     try:
-        with _manager(data_dir, sim and mode != "local") as (manager, _):
+        with _manager(data_dir, sim, fetch=mode != "local") as (manager, _):
             frame = manager.load_data(symbol, timeframe, start, end, mode=mode,
                                       instrument_type=instrument_type)
             summary = manager.get_data_summary(symbol, timeframe)
@@ -228,14 +247,13 @@ def backfill(symbols: Annotated[list[str], typer.Argument(help="Symbols, e.g. AA
 @data_app.command("show")
 def show(symbol: str, timeframe: str,
          rows: int = typer.Option(10, "--rows", help="Last rows to print."),
-         data_dir: str = typer.Option(None, "--data-dir", help=DIR_HELP)) -> None:
-    """Show what is stored for a symbol (no provider needed)."""
-    from ktrdr.data.data_manager import DataManager
-
+         data_dir: str = typer.Option(None, "--data-dir", help=DIR_HELP),
+         sim: bool = typer.Option(False, "--sim", help="Show the simulator's dataset.")) -> None:
+    """Show what is stored for a symbol (no gateway needed)."""
     try:
-        manager = DataManager(data_dir, provider=None)
-        summary = manager.get_data_summary(symbol, timeframe)
-        frame = manager.store.read(summary["symbol"], summary["timeframe"]).frame
+        with _manager(data_dir, sim, fetch=False) as (manager, _):
+            summary = manager.get_data_summary(symbol, timeframe)
+            frame = manager.store.read(summary["symbol"], summary["timeframe"]).frame
     except Exception as exc:
         raise _fail(exc) from None
     if not summary["rows"]:
@@ -269,6 +287,81 @@ def gaps(symbol: str, timeframe: str,
         table.add_row(_when(a), _when(b), f"{(b - a).total_seconds() / 86400:.1f}")
     console.print(table)
     console.print(f"{len(found)} missing range(s)")
+
+
+@data_app.command("migrate")
+def migrate(data_dir: str = typer.Option(None, "--data-dir", help=DIR_HELP)) -> None:
+    """Convert a flat-layout store (SYMBOL_tf.parquet files) into the partitioned datasets.
+
+    Done automatically on first use; this runs it now and says what it did.
+    """
+    from ktrdr.data.migrate import migrate_flat_layout
+    from ktrdr.data.store import BarStore
+
+    try:
+        store = BarStore(data_dir, migrate=False)
+        store.check_usable()
+        report = migrate_flat_layout(store.location)
+    except Exception as exc:
+        raise _fail(exc) from None
+    if not report.found:
+        console.print(f"nothing to convert in {report.data_dir}: no flat-layout files",
+                      highlight=False)
+        return
+    table = Table(title=f"converted {report.data_dir}", title_justify="left")
+    for name, justify in (("file", "left"), ("source", "left"), ("rows", "right"),
+                          ("ranges", "right"), ("now in / status", "left")):
+        table.add_column(name, justify=justify)
+    for item in report.converted:
+        table.add_row(item.name, item.source or "-", f"{item.rows:,}", str(item.ranges),
+                      str(item.target))
+    for item in report.failed:
+        table.add_row(item.name, item.source or "-", "-", "-", f"[red]{item.error}[/red]")
+    console.print(table)
+    if report.cache:
+        console.print(f"symbol cache -> {report.cache}", highlight=False)
+    if report.backup:
+        console.print(f"{len(report.converted)} file(s) converted; the originals are in "
+                      f"{report.backup} (delete them once satisfied)", highlight=False)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@data_app.command("query")
+def query(sql: Annotated[str, typer.Argument(help="SQL over the view `bars`.")],
+          data_dir: str = typer.Option(None, "--data-dir", help=DIR_HELP),
+          sim: bool = typer.Option(False, "--sim", help="Query the simulator's dataset."),
+          fmt: str = typer.Option("table", "--format", help="table, csv or json.")) -> None:
+    """Run SQL (DuckDB) over the stored bars.
+
+    The view `bars` has timestamp (UTC), open, high, low, close, volume, wap, bar_count,
+    timeframe and symbol, e.g. "SELECT symbol, count(*) FROM bars GROUP BY symbol".
+    """
+    from ktrdr.data.query import QueryError, run_query
+    from ktrdr.data.store import IB_SOURCE, SIM_SOURCE, BarStore
+    from ktrdr.sim import sim_requested
+
+    if fmt not in ("table", "csv", "json"):
+        err_console.print(f"[bold red]error:[/bold red] unknown format {fmt!r}; use table, csv "
+                          f"or json", highlight=False)
+        raise typer.Exit(2)
+    try:
+        _check_store(data_dir, sim, writable=False)
+        store = BarStore(data_dir, SIM_SOURCE if sim_requested(sim) else IB_SOURCE)
+        result = run_query(store, sql)
+    except QueryError as exc:
+        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    except Exception as exc:
+        raise _fail(exc) from None
+    frame = result.to_pandas()
+    if fmt == "csv":
+        typer.echo(frame.to_csv(index=False), nl=False)
+    elif fmt == "json":
+        typer.echo(frame.to_json(orient="records", date_format="iso"))
+    else:
+        console.print(frame.to_string(index=False), highlight=False)
+        console.print(f"({len(frame):,} row(s))", highlight=False)
 
 
 @app.command("api")

@@ -33,9 +33,12 @@ def test_backfill_show_and_gaps_on_the_simulator(tmp_path):
     assert result.exit_code == 1, result.output  # NOSUCH failed, the others did not
     assert "2 of 3 symbols ok" in result.output and "NOSUCH" in result.output
     assert "farm" in result.output and "submitted" in result.output
-    result = runner.invoke(app, ["data", "show", "AAPL", "1d", "--data-dir", data])
+    result = runner.invoke(app, ["data", "show", "AAPL", "1d", "--data-dir", data, "--sim"])
     assert result.exit_code == 0, result.output
     assert "rows: 250" in result.output and "source: sim" in result.output
+    # The simulator's bars live in their own dataset: IB's has nothing for AAPL.
+    result = runner.invoke(app, ["data", "show", "AAPL", "1d", "--data-dir", data])
+    assert result.exit_code == 1 and "nothing stored" in result.output
     result = runner.invoke(app, ["data", "gaps", "EUR.USD", "1d", "--start", "2023-01-01",
                                  "--end", "2024-01-01", "--sim", "--data-dir", data])
     assert result.exit_code == 0, result.output
@@ -79,7 +82,7 @@ def test_backfill_killed_mid_way_then_rerun(tmp_path, sim, provider):
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
-            if len(list(data.glob("*.parquet"))) >= 2:
+            if len(list(data.rglob("*.parquet"))) >= 2:
                 break
             time.sleep(0.05)
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
@@ -96,7 +99,7 @@ def test_backfill_killed_mid_way_then_rerun(tmp_path, sim, provider):
         for child in alive:
             child.kill()
     assert not alive, f"left behind: {alive}"
-    store = BarStore(data)
+    store = BarStore(data, source="sim")
     partial = {s: store.read(s, "1h").frame for s, _ in store.list()}  # all readable
     assert 2 <= len(partial) and any(len(f) for f in partial.values())
     # The re-run (on the test's gateway: same market) fetches what is missing, nothing more.
@@ -104,7 +107,7 @@ def test_backfill_killed_mid_way_then_rerun(tmp_path, sim, provider):
         reports = manager.backfill(SYMBOLS, "1h", START, END)
     assert all(r.ok and r.gaps_left == 0 for r in reports), reports
     assert 0 < sum(r.requests for r in reports) < len(SYMBOLS) * 24  # killed mid-way
-    assert not [p for p in data.iterdir() if p.name.startswith(".tmp-")]
+    assert not [p for p in data.rglob(".tmp-*")]
     for symbol in SYMBOLS:
         kind = "CASH" if "." in symbol else "STK"
         assert_matches_model(store.read(symbol, "1h").frame,
