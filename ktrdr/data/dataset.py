@@ -275,6 +275,75 @@ def to_frame(table: pa.Table, columns: Sequence[str] = BAR_COLUMNS) -> pd.DataFr
     return frame
 
 
+class FrameBuilder:
+    """Assembles the tables of a partition's files into one frame, copying each value once.
+
+    ``put`` copies a file's (conformed) columns into preallocated contiguous arrays while
+    they are fresh in the cache (several files may be put from several threads: their row
+    ranges do not overlap); ``frame`` wraps those arrays without a further copy (one float64
+    block, a nanosecond UTC index). ``pyarrow``'s ``to_pandas`` of a multi-file table would
+    copy into the same shape anyway, after concatenation.
+    """
+
+    def __init__(self, rows: int, columns: Sequence[str]):
+        self.columns = tuple(columns)
+        self.float_columns = [c for c in self.columns if c != "bar_count"]
+        self.ts = np.empty(rows, dtype=np.int64)
+        self.values = np.empty((len(self.float_columns), rows), dtype=np.float64)
+        with_count = "bar_count" in self.columns
+        self.count = np.zeros(rows if with_count else 0, dtype=np.int64)
+        self.count_valid = np.zeros(rows if with_count else 0, dtype=bool)
+
+    def put(self, offset: int, table: pa.Table) -> None:
+        """Copy a conformed table (``conform``) into rows ``offset ..``."""
+        pos = offset
+        for chunk in table.column("timestamp").chunks:
+            n = len(chunk)
+            np.multiply(chunk.to_numpy(zero_copy_only=False).view(np.int64), 1000,
+                        out=self.ts[pos:pos + n])
+            pos += n
+        for row, name in enumerate(self.float_columns):
+            pos = offset
+            for chunk in table.column(name).chunks:
+                n = len(chunk)
+                self.values[row, pos:pos + n] = chunk.to_numpy(zero_copy_only=False)
+                pos += n
+        if len(self.count):
+            pos = offset
+            for chunk in table.column("bar_count").chunks:
+                n = len(chunk)
+                self.count[pos:pos + n] = chunk.fill_null(0).to_numpy()
+                self.count_valid[pos:pos + n] = chunk.is_valid().to_numpy(zero_copy_only=False)
+                pos += n
+
+    def is_sorted(self) -> bool:
+        """Strictly increasing timestamps (no overlap between the files)."""
+        return bool(len(self.ts) < 2 or (self.ts[1:] > self.ts[:-1]).all())
+
+    def resolve_overlaps(self, rank: np.ndarray) -> None:
+        """Sort by time; of equal timestamps keep the row of the highest ``rank`` (per row:
+        the rank of its file, e.g. by write time)."""
+        order = np.lexsort((rank, self.ts))
+        ts = self.ts[order]
+        keep = np.ones(len(ts), dtype=bool)
+        keep[:-1] = ts[1:] != ts[:-1]
+        order = order[keep]
+        self.ts = self.ts[order]
+        self.values = self.values[:, order]
+        if len(self.count):
+            self.count, self.count_valid = self.count[order], self.count_valid[order]
+
+    def frame(self) -> pd.DataFrame:
+        index = pd.DatetimeIndex(self.ts.view("M8[ns]"), dtype="datetime64[ns, UTC]",
+                                 name="timestamp")
+        frame = pd.DataFrame(self.values.T, columns=self.float_columns, index=index, copy=False)
+        if "bar_count" in self.columns:
+            frame["bar_count"] = pd.arrays.IntegerArray(self.count, ~self.count_valid)
+            if self.columns[-1] != "bar_count":
+                frame = frame[list(self.columns)]
+        return frame
+
+
 def empty_frame(columns: Sequence[str] = BAR_COLUMNS) -> pd.DataFrame:
     """No bars, with the columns and dtypes ``to_frame`` gives."""
     index = pd.DatetimeIndex([], tz="UTC", name="timestamp").as_unit("ns")

@@ -91,10 +91,17 @@ class Location:
 
     url: str
     scheme: str
-    base: str
+    _base: str
     _factory: Callable[[], tuple[pafs.FileSystem, str]] | None = field(default=None, repr=False)
     _fs: pafs.FileSystem | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def base(self) -> str:
+        """The data directory's path in the filesystem (a URL's is known once it is open)."""
+        if self._factory is not None and self._fs is None:
+            self.fs  # noqa: B018
+        return self._base
 
     @property
     def local(self) -> bool:
@@ -114,7 +121,7 @@ class Location:
                         self._fs = pafs.LocalFileSystem()
                     else:
                         try:
-                            self._fs, self.base = self._factory()
+                            self._fs, self._base = self._factory()
                         except StoreUnusableError:
                             raise
                         except (OSError, ValueError, pa.ArrowException) as exc:
@@ -124,9 +131,9 @@ class Location:
 
     def join(self, *parts: str) -> str:
         """The path of ``parts`` under the base."""
-        self.fs  # noqa: B018 - a URL's base is known once its filesystem is open
-        base = self.base.rstrip("/") if not self.local else self.base
-        return "/".join([base, *parts]) if not self.local else os.path.join(base, *parts)
+        if self.local:
+            return os.path.join(self._base, *parts)
+        return "/".join([self.base.rstrip("/"), *parts])
 
     def display(self, path: str) -> Path | str:
         """``path`` as a user writes it: an OS path, or a URL (``s3://bucket/key``)."""

@@ -66,12 +66,14 @@ def run_query(store: BarStore, sql: str) -> pa.Table:
     try:
         con.register(VIEW, dataset)
         try:
-            result = con.execute(sql)
+            relation = con.sql(sql)
+            if relation is None:  # a statement without a result
+                return pa.table({})
+            fetch = getattr(relation, "to_arrow_table", None) or relation.arrow  # DuckDB 2, 1
+            result = fetch()
         except duckdb.Error as exc:
             raise QueryError(f"the query failed: {exc}") from None
-        if result.description is None:
-            return pa.table({})
-        return result.fetch_arrow_table()
+        return result if isinstance(result, pa.Table) else result.read_all()
     finally:
         con.close()
 

@@ -40,11 +40,13 @@ import os
 import re
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -55,6 +57,7 @@ from ktrdr.data.dataset import (
     MANAGED_KEYS,
     SCHEMA,
     Bars,
+    FrameBuilder,
     clip_ranges,
     conform,
     decode_meta,
@@ -62,7 +65,6 @@ from ktrdr.data.dataset import (
     is_data_file,
     partition_parts,
     periods_between,
-    to_frame,
 )
 from ktrdr.data.external_data_interface import OHLCV_COLUMNS
 from ktrdr.data.filesystems import (
@@ -92,6 +94,8 @@ IB_SOURCE, SIM_SOURCE = "ib", "sim"
 _SOURCE_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,31}$")
 #: Parquet writer options: snappy, microsecond timestamps (see dataset.py).
 WRITE_OPTIONS: dict[str, Any] = {"compression": "snappy", "coerce_timestamps": "us"}
+#: Files of a partition read at once (each also decoded by pyarrow's own threads).
+READ_THREADS = max(2, min(4, (os.cpu_count() or 2) // 2))
 
 # Kept importable from here: the store's public names.
 __all__ = ["BAR_COLUMNS", "IB_SOURCE", "SCHEMA", "SIM_SOURCE", "BarStore", "DataCorruptError",
@@ -171,6 +175,8 @@ class _FileState:
     source: str
     written_at: str
     meta: dict = field(hash=False, compare=False, default_factory=dict)
+    #: read in full (or written) by this store: known to be a readable bar file
+    verified: bool = False
 
 
 class BarStore:
@@ -289,62 +295,106 @@ class BarStore:
         wanted = _columns(columns)
         self._prepare()
         self._check_flat(symbol, timeframe)
-        tables: list[pa.Table] = []
-        states: dict[str, _FileState] = {}
         entries = self._data_files(part)
         if not entries and self._late_flat_file(symbol, timeframe):
             entries = self._data_files(part)
-        for entry in entries:
-            try:
-                table, meta = self._read_file(entry, wanted)
-            except FileNotFoundError:  # removed since the listing
-                continue
-            tables.append(table)
-            states[entry.name] = self._state(entry, meta, table.num_rows)
+        frame, states = self._load(entries, wanted)
         with self._lock:
             self._states[part] = states
-        if not tables:
+        if not states:
             return StoredBars(empty_frame(wanted))
         meta = self._partition_meta(part, symbol, timeframe, states)
-        if len(tables) > 1:
-            order = sorted(range(len(tables)), key=lambda k: tables[k].column(0)[0].value
-                           if tables[k].num_rows else 0)
-            table = pa.concat_tables([tables[k] for k in order])
-        else:
-            table = tables[0]
-        frame = to_frame(table, wanted)
-        if not (frame.index.is_monotonic_increasing and frame.index.is_unique):
-            # Overlapping files (a crash between writing a new period and removing an old
-            # one): the bars of the file written last win.
-            by_age = sorted(states.values(), key=lambda s: s.written_at)
-            pieces = [to_frame(tables[list(states).index(s.name)], wanted) for s in by_age]
-            frame = merge_bars(pieces[0], pd.concat(pieces[1:]))[list(wanted)]
         fetched = merge_ranges([r for s in states.values() for r in s.fetched])
         return StoredBars(frame, fetched, meta)
 
-    def _read_file(self, entry: Entry, columns: Sequence[str]) -> tuple[pa.Table, dict]:
-        shown = self.location.display(entry.path)
+    def _load(self, entries: list[Entry], columns: tuple[str, ...]
+              ) -> tuple[pd.DataFrame | None, dict[str, _FileState]]:
+        """The files' bars as one frame, and their states. Footers first (metadata, row
+        counts), then the column data of every file at once, each into its rows."""
+        opened: list[tuple[Entry, pq.ParquetFile, list[str]]] = []
+        states: dict[str, _FileState] = {}
         try:
-            with self.location.open_input(entry.path) as handle:
-                parquet = pq.ParquetFile(handle)
+            for entry in entries:
+                try:
+                    parquet, meta, names = self._open(entry, columns)
+                except FileNotFoundError:  # removed since the listing
+                    continue
+                opened.append((entry, parquet, names))
+                states[entry.name] = self._state(entry, meta, parquet.metadata.num_rows, True)
+            if not opened:
+                return None, states
+            counts = [parquet.metadata.num_rows for _, parquet, _ in opened]
+            offsets = np.cumsum([0, *counts])
+            builder = FrameBuilder(int(offsets[-1]), columns)
+
+            def decode(k: int) -> pa.Table:
+                entry, parquet, names = opened[k]
+                try:
+                    table = parquet.read(columns=names, use_threads=True)
+                    if table.num_rows != counts[k]:
+                        raise ValueError(f"{table.num_rows} rows, the footer says {counts[k]}")
+                    return conform(table, columns)
+                except (OSError, ValueError, TypeError, pa.ArrowException) as exc:
+                    raise DataCorruptError(self.location.display(entry.path),
+                                           f"{type(exc).__name__}: {exc}") from exc
+
+            # The files are decoded on a few threads while this one copies each finished
+            # table into its rows (in order, while it is still in the cache).
+            if len(opened) == 1:
+                builder.put(0, decode(0))
+            else:
+                with ThreadPoolExecutor(min(len(opened), READ_THREADS),
+                                        thread_name_prefix="ktrdr-store-read") as pool:
+                    for k, table in enumerate(pool.map(decode, range(len(opened)))):
+                        builder.put(int(offsets[k]), table)
+                        del table
+        finally:
+            for _, parquet, _ in opened:
+                with contextlib.suppress(Exception):
+                    parquet.close()
+        if not builder.is_sorted():
+            # Overlapping files (a crash between writing a new period and removing an old
+            # one, or files copied in): the bars of the file written last win.
+            age = {name: rank for rank, name in
+                   enumerate(sorted(states, key=lambda n: states[n].written_at))}
+            rank = np.repeat([age[entry.name] for entry, _, _ in opened], counts)
+            builder.resolve_overlaps(rank)
+        return builder.frame(), states
+
+    def _open(self, entry: Entry, columns: Sequence[str]
+              ) -> tuple[pq.ParquetFile, dict, list[str]]:
+        """A file's reader, its metadata and the columns to read from it.
+
+        Raises:
+            DataCorruptError: no readable Parquet footer, or not a bar file.
+        """
+        try:
+            if self.location.local:
+                parquet = pq.ParquetFile(entry.path)
+            else:
+                parquet = pq.ParquetFile(entry.path, filesystem=self.location.fs,
+                                         pre_buffer=True)
+            try:
                 schema = parquet.schema_arrow
                 meta = decode_meta(schema.metadata)
-                names = [c for c in ("timestamp", *BAR_COLUMNS) if c in schema.names]
-                missing = [c for c in ("timestamp", *OHLCV_COLUMNS) if c not in names]
+                missing = [c for c in ("timestamp", *OHLCV_COLUMNS) if c not in schema.names]
                 if missing:
                     raise ValueError(f"missing columns {missing}")
-                table = parquet.read(columns=[c for c in names
-                                              if c == "timestamp" or c in columns])
-            table = conform(table, columns)
-            _check_fetched(meta.get("fetched", []))
+                _check_fetched(meta.get("fetched", []))
+            except BaseException:
+                parquet.close()
+                raise
         except FileNotFoundError:
             raise
         except (OSError, ValueError, TypeError, pa.ArrowException) as exc:
-            raise DataCorruptError(shown, f"{type(exc).__name__}: {exc}") from exc
-        return table, meta
+            raise DataCorruptError(self.location.display(entry.path),
+                                   f"{type(exc).__name__}: {exc}") from exc
+        names = ["timestamp", *(c for c in columns if c in schema.names)]
+        return parquet, meta, names
 
-    def _state(self, entry: Entry, meta: dict, rows: int) -> _FileState:
-        return _FileState(
+    def _state(self, entry: Entry, meta: dict, rows: int, verified: bool = False
+               ) -> _FileState:
+        return _FileState(verified=verified,
             name=entry.name, size=entry.size, mtime_ns=entry.mtime_ns,
             rows=int(meta.get("rows", rows)),
             fetched=tuple((int(a), int(b)) for a, b in meta.get("fetched", [])),
@@ -419,6 +469,8 @@ class BarStore:
                         state.fetched == tuple(clip):
                     states[period.name] = state
                     continue
+                if state is not None and not state.verified:
+                    self._verify(_child(part, period.name, self.location.local))
                 file_meta = {**info, "format": FORMAT_VERSION, "symbol": symbol,
                              "timeframe": timeframe, "period": [period.start, period.end],
                              "rows": len(piece), "fetched": [list(r) for r in clip],
@@ -429,9 +481,11 @@ class BarStore:
                     path, lambda handle, t=table: pq.write_table(t, handle, **WRITE_OPTIONS))
                 written += 1
                 entry = self._entry(path)
-                states[period.name] = self._state(entry, file_meta, len(piece))
+                states[period.name] = self._state(entry, file_meta, len(piece), True)
             for name in sorted(set(existing) - set(states)):
                 stale = _child(part, name, self.location.local)
+                if not existing[name].verified:
+                    self._verify(stale)
                 with contextlib.suppress(FileNotFoundError):
                     self.location.delete(stale)
             self._states[part] = states
@@ -457,8 +511,12 @@ class BarStore:
                 shown = self.location.display(entry.path)
                 try:
                     with self.location.open_input(entry.path) as handle:
-                        meta = decode_meta(pq.read_schema(handle).metadata)
+                        schema = pq.read_schema(handle)
+                    meta = decode_meta(schema.metadata)
                     _check_fetched(meta.get("fetched", []))
+                    missing = [c for c in ("timestamp", *OHLCV_COLUMNS) if c not in schema.names]
+                    if missing:
+                        raise ValueError(f"missing columns {missing}")
                 except FileNotFoundError:
                     continue
                 except (OSError, ValueError, TypeError, pa.ArrowException) as exc:
@@ -466,6 +524,18 @@ class BarStore:
                 state = self._state(entry, meta, int(meta.get("rows", 0)))
             out[entry.name] = state
         return out
+
+    def _verify(self, path: str) -> None:
+        """Read a file in full before replacing or removing it: an unreadable one raises
+        ``DataCorruptError`` and is left alone."""
+        try:
+            with self.location.open_input(path) as handle:
+                conform(pq.read_table(handle), BAR_COLUMNS)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, TypeError, pa.ArrowException) as exc:
+            raise DataCorruptError(self.location.display(path),
+                                   f"{type(exc).__name__}: {exc}") from exc
 
     # ----------------------------------------------------------------- upkeep
 
