@@ -8,7 +8,8 @@
         │  migrate_flat_layout(): on a store's first use, or `ktrdr data migrate`
         ▼
   <data_dir>/source=<the file's source, "ib" if it has none>/timeframe=1h/symbol=AAPL/*.parquet
-  <data_dir>/_symbol_cache/<source>.json   the old cache, when every flat file had that source
+  <data_dir>/_symbol_cache/<source>.json   the old cache, when the data directory holds that
+                                           one source's dataset (else it is moved aside)
   <data_dir>/_flat-layout/AAPL_1h.parquet  the original, moved there once the new files were
                                            read back and hold all its bars and ranges
 
@@ -139,7 +140,9 @@ def migrate_flat_layout(data_dir: str | os.PathLike | Location | None) -> Migrat
             log.info("converted %s: %d bars, %d fetched range(s) -> %s", entry.name, item.rows,
                      item.ranges, item.target)
     if cache_entry is not None and not report.failed:
-        sources = {f.source for f in report.converted}
+        # The old cache is one source's only when the data directory holds one dataset.
+        sources = {e.name[len("source="):] for e in location.list_dir(location.base)
+                   if not e.is_file and e.name.startswith("source=")}
         target = location.join(CACHE_DIR, f"{sources.pop()}.json") if len(sources) == 1 \
             else None
         try:
@@ -153,13 +156,15 @@ def migrate_flat_layout(data_dir: str | os.PathLike | Location | None) -> Migrat
         except OSError as exc:
             log.warning("the old symbol cache %s was left in place (%s)",
                         location.display(cache_entry.path), exc)
-    if report.converted or report.cache:
+    if report.cache and not report.converted:
+        log.info("moved the flat-layout store's symbol cache to %s", report.cache)
+    if report.converted:
         report.backup = str(location.display(backup))
         log.warning("converted the flat-layout store in %s to the Hive-partitioned dataset: "
                     "%d file(s) (%s); the originals are kept in %s (delete them once "
                     "satisfied)%s", report.data_dir, len(report.converted),
-                    ", ".join(sorted({f"source={f.source}" for f in report.converted})) or
-                    "no bars", report.backup,
+                    ", ".join(sorted({f"source={f.source}" for f in report.converted})),
+                    report.backup,
                     f"; {len(report.failed)} file(s) left unconverted" if report.failed else "")
     return report
 
