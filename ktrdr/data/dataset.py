@@ -47,7 +47,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ktrdr.data.external_data_interface import OHLCV_COLUMNS
-from ktrdr.data.timeframes import TIMEFRAMES
 
 UTC = timezone.utc
 #: The bar columns after ``timestamp``, in file order.
@@ -104,7 +103,7 @@ def period_of_year(timeframe: str, year: int) -> Period:
         first = last = year
         name = f"{year:04d}.parquet"
     start = int(datetime(first, 1, 1, tzinfo=UTC).timestamp())
-    end = int(datetime(last + 1, 1, 1, tzinfo=UTC).timestamp()) if last < 9999 else 2 ** 62
+    end = int(datetime(last + 1, 1, 1, tzinfo=UTC).timestamp())
     return Period(name, start, end)
 
 
@@ -119,7 +118,7 @@ def periods_between(timeframe: str, start: int, end: int) -> list[Period]:
     while year <= last:
         period = period_of_year(timeframe, year)
         out.append(period)
-        year = datetime.fromtimestamp(period.end, UTC).year if period.end < 2 ** 62 else last + 1
+        year = datetime.fromtimestamp(period.end, UTC).year
     return out
 
 
@@ -383,6 +382,3 @@ def clip_ranges(ranges: Iterable[tuple[int, int]], start: int, end: int
             out.append((a, b))
     return out
 
-
-def known_timeframes() -> tuple[str, ...]:
-    return tuple(TIMEFRAMES)
