@@ -243,3 +243,21 @@ def test_a_sim_run_and_an_ib_run_never_share_a_file(tmp_path, sim, farm):
                 assert meta["source"] == source
     caches = sorted(p.name for p in (data / "_symbol_cache").iterdir())
     assert caches == ["ib.json", "sim.json"]
+
+
+def test_the_read_benchmark_reads_what_pyarrow_reads(tmp_path):
+    """``benchmarks/store_read.measure`` runs, and the two readers it times agree."""
+    import pyarrow.dataset as ds
+
+    from benchmarks.store_read import SYMBOL, TIMEFRAME, measure
+
+    result = measure(str(tmp_path), repeats=1)
+    assert result["rows"] == 2608 * 390 and result["files"] == 10  # weekdays 2014-2023
+    assert all(result[f"{name}_s"] > 0 for name in ("load_data", "pyarrow_table",
+                                                    "pyarrow_table_ohlcv", "pyarrow_pandas"))
+    frame = DataManager(tmp_path).load_data(SYMBOL, TIMEFRAME, mode="local")
+    table = ds.dataset(str(BarStore(tmp_path).path(SYMBOL, TIMEFRAME)), format="parquet"
+                       ).to_table().sort_by("timestamp")
+    direct = table.to_pandas().set_index("timestamp")
+    direct.index = direct.index.as_unit("ns")
+    pd.testing.assert_frame_equal(frame, direct[list(OHLCV_COLUMNS)], check_freq=False)
