@@ -225,7 +225,7 @@ class Location:
     def move(self, src: str, dst: str) -> None:
         """Move a file (a rename on a local disk; a server-side copy, then a delete, on S3)."""
         if self.local:
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            _makedirs_durable(os.path.dirname(dst))
             os.replace(src, dst)
             _fsync_dir(os.path.dirname(dst))
             _fsync_dir(os.path.dirname(src))
