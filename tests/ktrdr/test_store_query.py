@@ -85,7 +85,7 @@ def test_the_readme_polars_snippet_reads_what_load_data_returns(dataset, monkeyp
     pl = pytest.importorskip("polars")
     home, expected = dataset
     monkeypatch.chdir(home)
-    scope: dict = {"root": "data/source=ib"}
+    scope: dict = {}
     exec(compile(readme_snippet("polars"), "README.md (polars)", "exec"), scope)
     bars = scope["bars"]
     assert bars.schema["timestamp"] == pl.Datetime("us", "UTC")
