@@ -60,15 +60,15 @@ def ten_years_of_minutes(seed: int = 7) -> pd.DataFrame:
 
 def ensure_dataset(root: str) -> list[str]:
     """Store the bars under ``root`` unless they are there; the partition's files."""
-    from ktrdr.data.store import BarStore
+    from ktrdr.data.store import BarStore, dataset_for
 
-    store = BarStore(root, "ib")
+    store = BarStore(root, dataset_for(None))  # the dataset DataManager(root) reads
     files = store.files(SYMBOL, TIMEFRAME)
     if len(files) != YEARS[1] - YEARS[0]:
         frame = ten_years_of_minutes()
         span = (int(datetime(YEARS[0], 1, 1, tzinfo=timezone.utc).timestamp()),
                 int(datetime(YEARS[1], 1, 1, tzinfo=timezone.utc).timestamp()))
-        store.write(SYMBOL, TIMEFRAME, frame, [span], {"source": "ib", "gateway": "bench"})
+        store.write(SYMBOL, TIMEFRAME, frame, [span], {"gateway": "bench"})
         files = store.files(SYMBOL, TIMEFRAME)
     return [str(f) for f in files]
 

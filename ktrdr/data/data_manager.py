@@ -213,6 +213,7 @@ class DataManager:
         if self._loop is not None:
             self._loop.close()
             self._loop = None
+        self.store.close()
 
     def __enter__(self) -> DataManager:
         return self

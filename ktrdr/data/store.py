@@ -34,11 +34,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import os
 import re
 import threading
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -207,6 +209,8 @@ class BarStore:
         self._lock = threading.RLock()
         self._states: dict[str, dict[str, _FileState]] = {}
         self._flat_blocked: dict[tuple[str, str], StoreError] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_finalizer: weakref.finalize | None = None
 
     @classmethod
     def for_provider(cls, data_dir: str | os.PathLike | None, provider: Any | None,
@@ -342,11 +346,16 @@ class BarStore:
             if len(opened) == 1:
                 builder.put(0, decode(0))
             else:
-                with ThreadPoolExecutor(min(len(opened), READ_THREADS),
-                                        thread_name_prefix="ktrdr-store-read") as pool:
-                    for k, table in enumerate(pool.map(decode, range(len(opened)))):
-                        builder.put(int(offsets[k]), table)
-                        del table
+                futures = [self._readers().submit(decode, k) for k in range(len(opened))]
+                try:
+                    for k, future in enumerate(futures):
+                        builder.put(int(offsets[k]), future.result())
+                        futures[k] = None  # its table is copied: let it go
+                finally:
+                    pending = [f for f in futures if f is not None]
+                    for future in pending:
+                        future.cancel()
+                    concurrent.futures.wait(pending)  # no decode outlives this read
         finally:
             for _, parquet, _ in opened:
                 with contextlib.suppress(Exception):
@@ -359,6 +368,25 @@ class BarStore:
             rank = np.repeat([age[entry.name] for entry, _, _ in opened], counts)
             builder.resolve_overlaps(rank)
         return builder.frame(), states
+
+    def _readers(self) -> ThreadPoolExecutor:
+        """The threads that decode a partition's files (started on first use, stopped by
+        ``close`` or when the store is collected)."""
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="ktrdr-store-read")
+                    self._pool_finalizer = weakref.finalize(self, pool.shutdown, wait=False)
+                    self._pool = pool
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the decoding threads (they start again if the store is used again)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                self._pool_finalizer.detach()
+                pool.shutdown(wait=True)
 
     def _open(self, entry: Entry, columns: Sequence[str]
               ) -> tuple[pq.ParquetFile, dict, list[str]]:
