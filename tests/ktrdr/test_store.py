@@ -6,6 +6,7 @@ alone, and the simulator's bars kept apart from IB's."""
 from __future__ import annotations
 
 import json
+import threading
 from datetime import datetime, timezone
 
 import numpy as np
@@ -255,7 +256,11 @@ def test_the_read_benchmark_reads_what_pyarrow_reads(tmp_path):
     assert result["rows"] == 2608 * 390 and result["files"] == 10  # weekdays 2014-2023
     assert all(result[f"{name}_s"] > 0 for name in ("load_data", "pyarrow_table",
                                                     "pyarrow_table_ohlcv", "pyarrow_pandas"))
-    frame = DataManager(tmp_path).load_data(SYMBOL, TIMEFRAME, mode="local")
+    with DataManager(tmp_path) as manager:
+        frame = manager.load_data(SYMBOL, TIMEFRAME, mode="local")
+        assert any(t.name.startswith("ktrdr-store-read") for t in threading.enumerate())
+    # the store's decoding threads end with the manager
+    assert not [t for t in threading.enumerate() if t.name.startswith("ktrdr-store-read")]
     table = ds.dataset(str(BarStore(tmp_path).path(SYMBOL, TIMEFRAME)), format="parquet"
                        ).to_table().sort_by("timestamp")
     direct = table.to_pandas().set_index("timestamp")
