@@ -1,6 +1,9 @@
 """``ktrdr`` on the command line.
 
-``ktrdr data load | backfill | show | gaps`` and ``ktrdr api``. The grammar is ibfarm's
+``ktrdr data load | backfill | show | gaps | migrate | query`` and ``ktrdr api``. ``--sim``
+runs them on an embedded simulated IB Gateway and its own dataset; the data directory is
+checked before anything starts (``BarStore.check_usable``: an unusable one is exit 2). The
+grammar is ibfarm's
 (``ibfarm.clikit``, reached through ``ktrdr.sim``): dates as ``ibfarm.dates`` reads them,
 ``--host/--port`` (the gateway a fetching command connects to; where ``ktrdr api`` listens),
 ``--sim`` (or ``IB_GATEWAY=sim``) for an embedded simulated IB Gateway, ``-v`` anywhere,
@@ -71,7 +74,7 @@ def _depths() -> str:
 
 
 TIMEFRAME_LIST = " ".join(TIMEFRAMES)
-DIR_HELP = "Data directory."
+DIR_HELP = "Data directory: a path or a URL (s3://bucket/prefix)."
 DIR_DEFAULT = "KTRDR_DATA_DIR or ./data"
 TYPE_HELP = "Instrument type: stock, forex, future or index."
 START_HELP = f"Start: {dates.HELP}."
@@ -110,17 +113,34 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help=clikit.VER
 # --------------------------------------------------------------------------- plumbing
 
 
+def _check_store(data_dir: str | None, sim: bool, writable: bool = True) -> None:
+    """Stop with ``StoreUnusableError`` (exit 2) before starting anything when the data
+    directory cannot be used."""
+    from ktrdr.data.store import IB_SOURCE, SIM_SOURCE, BarStore
+    from ktrdr.sim import sim_requested
+
+    source = SIM_SOURCE if sim_requested(sim) else IB_SOURCE
+    BarStore(data_dir, source, migrate=False).check_usable(writable=writable)
+
+
 @contextlib.contextmanager
 def _manager(data_dir: str | None, gateway: Any, latency: float = 0.0,
-             workers: int | None = None) -> Iterator[tuple[Any, Any]]:
-    """A DataManager on the gateway ``gateway`` names, or on an embedded simulated one."""
+             workers: int | None = None, fetch: bool = True) -> Iterator[tuple[Any, Any]]:
+    """A DataManager on the gateway ``gateway`` names, or on an embedded simulated one; with
+    ``fetch=False`` nothing is started (the simulator's dataset is still the one read)."""
     from ktrdr.data.data_manager import DataManager
     from ktrdr.sim import EmbeddedSim
 
     embedded = None
     provider = None
+    _check_store(data_dir, gateway.sim, writable=fetch)
     try:
-        if gateway.sim:
+        if not fetch:
+            from ktrdr.data.ib_data_adapter import IbDataAdapter
+
+            # never connected (nothing is fetched): it only names the dataset to read
+            provider = IbDataAdapter(source="sim" if gateway.sim else "ib")
+        elif gateway.sim:
             embedded = EmbeddedSim(latency=latency, max_workers=workers or 4).start()
             provider = embedded.provider()
             err_console.print(f"[dim]simulated IB Gateway on 127.0.0.1:{embedded.gateway.port}"
@@ -192,14 +212,14 @@ def _fail(exc: BaseException, gateway: Any = None) -> typer.Exit:
         DataProviderConnectionError,
         DataProviderError,
     )
-    from ktrdr.data.store import DataCorruptError, InvalidSymbolError
+    from ktrdr.data.store import DataCorruptError, InvalidSymbolError, StoreUnusableError
     from ktrdr.data.timeframes import TimeframeError
 
     if isinstance(exc, DataProviderConnectionError) and gateway is not None \
             and not gateway.sim:
         return _say(clikit.unreachable(gateway, _connection_reason(exc)), 1)
     bad_input = (InvalidSymbolError, TimeframeError, InvalidRangeError, clikit.UsageError,
-                 dates.DateFormatError)
+                 dates.DateFormatError, StoreUnusableError)
     if isinstance(exc, DataProviderError | DataCorruptError):
         return _say(str(exc), 1)
     return _say(str(exc), 2 if isinstance(exc, bad_input) else 1)
@@ -318,11 +338,12 @@ def load(symbol: Symbol, timeframe: Timeframe,
         if mode not in MODES:
             raise clikit.UsageError(f"--mode {mode!r}: use one of {', '.join(MODES)}")
         fetches = mode != "local"
-        gateway = _gateway(host, port, sim and fetches, fetches)
+        gateway = _gateway(host, port, sim, fetches)
     except ValueError as exc:  # dates, timeframe, mode, type, address: nothing was done
         raise _say(str(exc), 2) from None
     try:
-        with clikit.StopOnSignal() as guard, _manager(data_dir, gateway) as (manager, _):
+        with clikit.StopOnSignal() as guard, \
+                _manager(data_dir, gateway, fetch=fetches) as (manager, _):
             guard.on_stop(lambda: _stop_fetching(manager))
             before = _stored_rows(manager, symbol, tf)
             view = ProgressView(err_console, tf)
@@ -438,14 +459,15 @@ def _explain_connection(failed: list, gateway: Any) -> None:
 @data_app.command("show")
 def show(symbol: Symbol, timeframe: Timeframe,
          rows: Annotated[int, typer.Option("--rows", help="Last rows to print.")] = 10,
-         data_dir: DataDir = None) -> None:
-    """Show what is stored for a symbol (no provider needed)."""
-    from ktrdr.data.data_manager import DataManager
-
+         data_dir: DataDir = None,
+         sim: Annotated[bool, typer.Option("--sim", help="Show the simulator's dataset.")]
+         = False) -> None:
+    """Show what is stored for a symbol (no gateway needed)."""
     try:
-        manager = DataManager(data_dir, provider=None)
-        summary = manager.get_data_summary(symbol, timeframe)
-        frame = manager.store.read(summary["symbol"], summary["timeframe"]).frame
+        stored = clikit.Gateway("", 0, sim=clikit.sim_requested(sim))  # which dataset only
+        with _manager(data_dir, stored, fetch=False) as (manager, _):
+            summary = manager.get_data_summary(symbol, timeframe)
+            frame = manager.store.read(summary["symbol"], summary["timeframe"]).frame
     except Exception as exc:
         raise _fail(exc) from None
     if not summary["rows"]:
@@ -488,6 +510,81 @@ def gaps(symbol: Symbol, timeframe: Timeframe,
         table.add_row(_when(a), _when(b), f"{(b - a).total_seconds() / 86400:.1f}")
     console.print(table)
     console.print(f"{len(found)} missing range(s)")
+
+
+@data_app.command("migrate")
+def migrate(data_dir: DataDir = None) -> None:
+    """Convert a flat-layout store (SYMBOL_tf.parquet files) into the partitioned datasets.
+
+    Done automatically on first use; this runs it now and says what it did.
+    """
+    from ktrdr.data.migrate import migrate_flat_layout
+    from ktrdr.data.store import BarStore
+
+    try:
+        store = BarStore(data_dir, migrate=False)
+        store.check_usable()
+        report = migrate_flat_layout(store.location)
+    except Exception as exc:
+        raise _fail(exc) from None
+    if not report.found:
+        console.print(f"nothing to convert in {report.data_dir}: no flat-layout files",
+                      highlight=False)
+        return
+    table = Table(title=f"converted {report.data_dir}", title_justify="left")
+    for name, justify in (("file", "left"), ("source", "left"), ("rows", "right"),
+                          ("ranges", "right"), ("now in / status", "left")):
+        table.add_column(name, justify=justify)
+    for item in report.converted:
+        table.add_row(item.name, item.source or "-", f"{item.rows:,}", str(item.ranges),
+                      str(item.target))
+    for item in report.failed:
+        table.add_row(item.name, item.source or "-", "-", "-", f"[red]{item.error}[/red]")
+    console.print(table)
+    if report.cache:
+        console.print(f"symbol cache -> {report.cache}", highlight=False)
+    if report.backup:
+        console.print(f"{len(report.converted)} file(s) converted; the originals are in "
+                      f"{report.backup} (delete them once satisfied)", highlight=False)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@data_app.command("query")
+def query(sql: Annotated[str, typer.Argument(help="SQL over the view `bars`.",
+                                              show_default=False)],
+          data_dir: DataDir = None,
+          sim: Annotated[bool, typer.Option("--sim", help="Query the simulator's dataset.")]
+          = False,
+          fmt: Annotated[str, typer.Option("--format", help="table, csv or json.")]
+          = "table") -> None:
+    """Run SQL (DuckDB) over the stored bars.
+
+    The view `bars` has timestamp (UTC), open, high, low, close, volume, wap, bar_count,
+    timeframe and symbol, e.g. "SELECT symbol, count(*) FROM bars GROUP BY symbol".
+    """
+    from ktrdr.data.query import QueryError, run_query
+    from ktrdr.data.store import IB_SOURCE, SIM_SOURCE, BarStore
+    from ktrdr.sim import sim_requested
+
+    if fmt not in ("table", "csv", "json"):
+        raise _say(f"unknown format {fmt!r}; use table, csv or json", 2)
+    try:
+        _check_store(data_dir, sim, writable=False)
+        store = BarStore(data_dir, SIM_SOURCE if sim_requested(sim) else IB_SOURCE)
+        result = run_query(store, sql)
+    except QueryError as exc:
+        raise _say(str(exc), 2) from None
+    except Exception as exc:
+        raise _fail(exc) from None
+    frame = result.to_pandas()
+    if fmt == "csv":
+        typer.echo(frame.to_csv(index=False), nl=False)
+    elif fmt == "json":
+        typer.echo(frame.to_json(orient="records", date_format="iso"))
+    else:
+        console.print(frame.to_string(index=False), highlight=False)
+        console.print(f"({len(frame):,} row(s))", highlight=False)
 
 
 @app.command("api")

@@ -28,7 +28,11 @@ from typing import Any
 
 import pandas as pd
 
-from ktrdr.data.external_data_interface import DataProviderError, ExternalDataProvider
+from ktrdr.data.external_data_interface import (
+    OHLCV_COLUMNS,
+    DataProviderError,
+    ExternalDataProvider,
+)
 from ktrdr.data.gaps import SessionCalendar, count_missing_sessions, missing_ranges
 from ktrdr.data.store import BarStore, StoredBars, merge_bars, merge_ranges, normalize_symbol
 from ktrdr.data.symbol_cache import SymbolCache
@@ -150,7 +154,9 @@ class DataManager:
     """Bars from the local store, filled from an ``ExternalDataProvider``.
 
     Args:
-        data_dir: where the Parquet files live (default ``KTRDR_DATA_DIR`` or ``./data``).
+        data_dir: where the Parquet datasets live: a path or a URL such as
+            ``s3://bucket/prefix`` (default ``KTRDR_DATA_DIR`` or ``./data``); the bars go to
+            the dataset of the provider's source (``BarStore.for_provider``).
         provider: the source of missing bars; by default an ``IbDataAdapter`` configured
             from the environment (``IB_HOST``/``IB_PORT``; ``IB_GATEWAY=sim`` starts an
             embedded simulated gateway), created on first need.
@@ -160,9 +166,9 @@ class DataManager:
     def __init__(self, data_dir: str | os.PathLike | None = None,
                  provider: ExternalDataProvider | None = None, *,
                  now: Callable[[], datetime] | None = None):
-        self.store = BarStore(data_dir)
+        self.store = BarStore.for_provider(data_dir, provider)
         self.data_dir = self.store.data_dir
-        self.cache = SymbolCache(self.data_dir)
+        self.cache = SymbolCache(self.store)
         self._provider = provider
         self._owned: Any = None  # what we started for the default provider
         self._now = now
@@ -207,6 +213,7 @@ class DataManager:
         if self._loop is not None:
             self._loop.close()
             self._loop = None
+        self.store.close()
 
     def __enter__(self) -> DataManager:
         return self
@@ -267,7 +274,7 @@ class DataManager:
         symbol, timeframe, start, end = self._check(symbol, timeframe, start_date, end_date,
                                                     mode)
         if mode == "local":
-            stored = self.store.read(symbol, timeframe)
+            stored = self.store.read(symbol, timeframe, columns=OHLCV_COLUMNS)
             if stored.frame.empty:
                 raise DataNotFoundError(
                     f"no {timeframe} data stored for {symbol} in {self.data_dir}; load it "
@@ -496,11 +503,10 @@ def _check_range(start: datetime | None, end: datetime | None) -> None:
 
 
 def _slice(frame: pd.DataFrame, start: datetime | None, end: datetime | None) -> pd.DataFrame:
-    if start is not None:
-        frame = frame[frame.index >= start]
-    if end is not None:
-        frame = frame[frame.index < end]
-    return frame.copy()
+    """The bars in ``[start, end)`` (the index is sorted), open..volume only, as a new frame."""
+    i = frame.index.searchsorted(start, "left") if start is not None else 0
+    j = frame.index.searchsorted(end, "left") if end is not None else len(frame)
+    return frame.iloc[i:j][list(OHLCV_COLUMNS)].copy(deep=False)
 
 
 __all__ = ["DataError", "DataManager", "DataNotFoundError", "InvalidRangeError",

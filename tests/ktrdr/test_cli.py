@@ -52,9 +52,12 @@ def test_backfill_show_and_gaps_on_the_simulator(tmp_path):
     assert result.exit_code == 1, result.output  # NOSUCH failed, the others did not
     assert "2 of 3 symbols ok" in result.output and "NOSUCH" in result.output
     assert "farm" in result.output and "submitted" in result.output
-    result = runner.invoke(app, ["data", "show", "AAPL", "1d", "--data-dir", data])
+    result = runner.invoke(app, ["data", "show", "AAPL", "1d", "--data-dir", data, "--sim"])
     assert result.exit_code == 0, result.output
     assert "rows: 250" in result.output and "source: sim" in result.output
+    # The simulator's bars live in their own dataset: IB's has nothing for AAPL.
+    result = runner.invoke(app, ["data", "show", "AAPL", "1d", "--data-dir", data])
+    assert result.exit_code == 1 and "nothing stored" in result.output
     result = runner.invoke(app, ["data", "gaps", "EUR.USD", "1d", "--start", "2023-01-01",
                                  "--end", "2024-01-01", "--sim", "--data-dir", data])
     assert result.exit_code == 0, result.output
@@ -98,7 +101,7 @@ def test_backfill_killed_mid_way_then_rerun(tmp_path, sim, provider):
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
-            if len(list(data.glob("*.parquet"))) >= 2:
+            if len({p.parent for p in data.rglob("*.parquet")}) >= 2:  # two symbols' files
                 break
             time.sleep(0.05)
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
@@ -115,7 +118,7 @@ def test_backfill_killed_mid_way_then_rerun(tmp_path, sim, provider):
         for child in alive:
             child.kill()
     assert not alive, f"left behind: {alive}"
-    store = BarStore(data)
+    store = BarStore(data, source="sim")
     partial = {s: store.read(s, "1h").frame for s, _ in store.list()}  # all readable
     assert 2 <= len(partial) and any(len(f) for f in partial.values())
     # The re-run (on the test's gateway: same market) fetches what is missing, nothing more.
@@ -123,7 +126,7 @@ def test_backfill_killed_mid_way_then_rerun(tmp_path, sim, provider):
         reports = manager.backfill(SYMBOLS, "1h", START, END)
     assert all(r.ok and r.gaps_left == 0 for r in reports), reports
     assert 0 < sum(r.requests for r in reports) < len(SYMBOLS) * 24  # killed mid-way
-    assert not [p for p in data.iterdir() if p.name.startswith(".tmp-")]
+    assert not [p for p in data.rglob(".tmp-*")]
     for symbol in SYMBOLS:
         kind = "CASH" if "." in symbol else "STK"
         assert_matches_model(store.read(symbol, "1h").frame,
@@ -159,7 +162,7 @@ def test_ib_form_with_a_zone_is_that_zone(tmp_path):
                                  "20240102 09:30:00 US/Eastern", "--end", "2024-01-03T00:00Z",
                                  "--mode", "full", "--sim", "--data-dir", data])
     assert result.exit_code == 0, result.output
-    frame = BarStore(data).read("AAPL", "1h").frame
+    frame = BarStore(data, source="sim").read("AAPL", "1h").frame
     assert frame.index[0] == datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
     assert frame.index[-1] == datetime(2024, 1, 2, 20, 0, tzinfo=UTC)
 
@@ -302,7 +305,7 @@ def test_backfill_interrupted_then_resumed(tmp_path):
     assert "Traceback" not in stopped.stderr and "Task was destroyed" not in stopped.stderr
     assert not stopped.left, f"left behind: {stopped.left}"
     assert not pacer_left, "the farm's shared pacer outlived the command"
-    store = BarStore(data)
+    store = BarStore(data, source="sim")
     saved = sum(len(store.read(s, "1h").frame) for s in INTERRUPTED)
     assert 0 < saved
     again = run("ktrdr.cli", *_backfill(data)[3:])
@@ -310,7 +313,7 @@ def test_backfill_interrupted_then_resumed(tmp_path):
     reference = tmp_path / "reference"
     whole = run("ktrdr.cli", *_backfill(reference)[3:])
     assert whole.returncode == 0, whole.stderr
-    expected = BarStore(reference)
+    expected = BarStore(reference, source="sim")
     for symbol in INTERRUPTED:
         got, want = store.read(symbol, "1h").frame, expected.read(symbol, "1h").frame
         assert len(want) > 1000 and got.equals(want), symbol

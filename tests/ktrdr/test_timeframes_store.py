@@ -1,5 +1,5 @@
 """Segments (IB-legal, on a fixed grid, covering the range) and the Parquet store (safe names,
-atomic writes, corrupt files reported and left alone)."""
+atomic writes, corrupt files reported and left alone; more in test_store*.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from ibfarm.bars import duration_allowed
 from ibfarm.sim.hmds import range_start
+from ktrdr.data.external_data_interface import OHLCV_COLUMNS
 from ktrdr.data.store import BarStore, DataCorruptError, InvalidSymbolError, normalize_symbol
 from ktrdr.data.timeframes import (
     TIMEFRAMES,
@@ -69,7 +70,9 @@ def test_bad_symbols_never_name_a_path(tmp_path, bad):
 def test_good_symbols(tmp_path):
     store = BarStore(tmp_path)
     assert normalize_symbol("brk-b") == "BRK-B"
-    assert store.path("eur.usd", "1H") == (tmp_path / "EUR.USD_1h.parquet").resolve()
+    assert store.path("eur.usd", "1H") == \
+        (tmp_path / "source=ib" / "timeframe=1h" / "symbol=EUR.USD").resolve()
+    assert store.path("vod@lse", "1d").name == "symbol=VOD@LSE"
 
 
 def _frame(n: int = 5) -> pd.DataFrame:
@@ -80,11 +83,12 @@ def _frame(n: int = 5) -> pd.DataFrame:
 
 
 def test_write_read_round_trip_with_metadata(tmp_path):
-    store = BarStore(tmp_path)
+    store = BarStore(tmp_path, source="sim")
     store.write("AAPL", "1h", _frame(), [(10, 20), (20, 30), (50, 60)],
                 {"source": "sim", "fetched_at": "now"})
     stored = store.read("AAPL", "1h")
-    pd.testing.assert_frame_equal(stored.frame, _frame(), check_freq=False)
+    pd.testing.assert_frame_equal(stored.frame[list(OHLCV_COLUMNS)], _frame(), check_freq=False)
+    assert stored.frame["wap"].isna().all() and stored.frame["bar_count"].isna().all()
     assert stored.fetched == [(10, 30), (50, 60)]
     assert stored.meta["source"] == "sim" and stored.meta["rows"] == 5
     assert store.list() == [("AAPL", "1h")]
@@ -92,8 +96,9 @@ def test_write_read_round_trip_with_metadata(tmp_path):
 
 def test_a_crash_mid_write_leaves_the_old_file(tmp_path, monkeypatch):
     store = BarStore(tmp_path)
-    path = store.write("AAPL", "1h", _frame(3), [])
-    before = path.read_bytes()
+    part = store.write("AAPL", "1h", _frame(3), [])
+    before = {p.name: p.read_bytes() for p in part.iterdir()}
+    assert list(before) == ["2024.parquet"]
 
     def dies_half_way(table, where, **kw):
         where.write(b"PAR1 half a file")
@@ -102,23 +107,24 @@ def test_a_crash_mid_write_leaves_the_old_file(tmp_path, monkeypatch):
     monkeypatch.setattr(pq, "write_table", dies_half_way)
     with pytest.raises(KeyboardInterrupt):
         store.write("AAPL", "1h", _frame(10), [])
-    assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["AAPL_1h.parquet"]
+    assert {p.name: p.read_bytes() for p in part.iterdir()} == before  # no temporary left
 
 
 def test_stray_temporary_files_are_ignored_and_cleaned(tmp_path):
     store = BarStore(tmp_path)
-    store.write("AAPL", "1h", _frame(), [])
-    (tmp_path / ".tmp-AAPL_1h.parquet.abc").write_bytes(b"half")
+    part = store.write("AAPL", "1h", _frame(), [])
+    (part / ".tmp-2024.parquet.abc").write_bytes(b"half")
     assert store.list() == [("AAPL", "1h")]
+    assert len(store.read("AAPL", "1h").frame) == 5
     assert store.clean_temporary() == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["AAPL_1h.parquet"]
+    assert sorted(p.name for p in part.iterdir()) == ["2024.parquet"]
 
 
 @pytest.mark.parametrize("content", [b"", b"not parquet at all", b"PAR1\x00\x00PAR1"])
 def test_corrupt_files_are_reported_with_their_path(tmp_path, content):
     store = BarStore(tmp_path)
-    path = store.path("AAPL", "1h")
+    path = store.path("AAPL", "1h") / "2024.parquet"
+    path.parent.mkdir(parents=True)
     path.write_bytes(content)
     with pytest.raises(DataCorruptError) as err:
         store.read("AAPL", "1h")
