@@ -68,7 +68,7 @@ def _manager(data_dir: str | None, sim: bool, latency: float = 0.0,
         else:
             from ktrdr.data.ib_data_adapter import IbDataAdapter
 
-            provider = IbDataAdapter(**({"max_workers": workers} if workers else {}))
+            provider = IbDataAdapter.from_env(**({"max_workers": workers} if workers else {}))
         manager = DataManager(data_dir, provider)
         try:
             yield manager, embedded
@@ -77,8 +77,8 @@ def _manager(data_dir: str | None, sim: bool, latency: float = 0.0,
     finally:
         if embedded is not None:
             embedded.stop()
-        elif provider is not None and provider._farm is not None:
-            provider._farm.shutdown(wait=True, cancel_futures=True)
+        elif provider is not None:
+            provider.shutdown()
 
 
 def _fail(exc: BaseException) -> typer.Exit:
@@ -209,8 +209,8 @@ def backfill(symbols: Annotated[list[str], typer.Argument(help="Symbols, e.g. AA
     try:
         with _manager(data_dir, sim, latency, workers) as (manager, embedded):
             reports = run_backfill(manager, symbols, timeframe, start, end, instrument_type)
-            status = embedded.farm_status() if embedded is not None else (
-                manager.provider.farm.status() if manager.provider._farm is not None else None)
+            status = embedded.farm_status() if embedded is not None else \
+                manager.provider.farm_status()
     except Exception as exc:
         raise _fail(exc) from None
     console.print(summary_table(reports, f"backfill {timeframe}"))

@@ -503,17 +503,17 @@ class IbDataAdapter(ExternalDataProvider):
             if not halves:
                 raise map_ib_error(exc, context) from exc
             log.info("%s (%s) %s; asking it in two halves", context, duration, exc.message)
-            outcomes = await asyncio.gather(
-                *(self._fetch_piece(resolved, timeframe, a, b, landed, counter)
-                  for a, b in halves), return_exceptions=True)
-            for outcome in outcomes:
-                if isinstance(outcome, BaseException):
-                    raise outcome
+        else:
+            frame = bars_to_frame(table, timeframe, resolved.info.time_zone)
+            labels = bar_labels(frame.index, timeframe, calendar.zone)
+            landed.append((start, end, frame[(labels >= start) & (labels < end)]))
             return
-        frame = bars_to_frame(table, timeframe, resolved.info.time_zone)
-        labels = bar_labels(frame.index, timeframe, calendar.zone)
-        frame = frame[(labels >= start) & (labels < end)]
-        landed.append((start, end, frame))
+        outcomes = await asyncio.gather(
+            *(self._fetch_piece(resolved, timeframe, a, b, landed, counter) for a, b in halves),
+            return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     # ----------------------------------------------------------------- the rest
 
