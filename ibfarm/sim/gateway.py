@@ -1,131 +1,111 @@
 """A simulated IB Gateway: a TCP server speaking the real TWS socket protocol.
 
-Unmodified clients (ib_insync, the official ``ibapi``) connect to it::
+Unmodified clients (ib_async, ib_insync, the official ``ibapi``) connect to it::
 
-    client ──TCP── Session (one per connection) ── SimGateway (shared state, knobs, stats)
-                      │  handshake, START_API, connect-time requests
-                      │  REQ_CONTRACT_DATA  ─► MarketModel.resolve ─► CONTRACT_DATA
-                      └─ REQ_HISTORICAL_DATA ─► hmds checks ─► PacingRules ─► MarketModel.bars
-                                                               └─► BarEncoder (cached) ─► socket
+    client ──TCP── Session (one per connection) ──► House (shared: settings, clock, market,
+                      │                               pacing rules, stats, client ids, outages)
+                      │                                   ▲
+    SimGateway ───────┴── accepts connections, owns the House, runs the loop thread, turns
+      (knobs)              knobs (restart, outages, maintenance, stalls) into House state
 
 The server runs an asyncio loop on a thread of its own, so a test or benchmark can start it
 in-process (``with SimGateway() as gw: ... gw.port``) or run it as ``ibfarm gateway``.
-Faults (latency, stalls, dropped connections, restarts, a historical-farm outage) are knobs.
+Its settings are ``ibfarm.sim.settings.SimSettings`` fields, given as keywords and readable
+or settable as attributes while it runs (``gw.latency = 0.2``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import logging
-import random
 import threading
-import time
-from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
 
 from ibfarm.pacing import PacingPolicy, PacingRules
-from ibfarm.sim import hmds
+from ibfarm.sim import texts as t
+from ibfarm.sim.house import House
 from ibfarm.sim.market import MarketModel
-from ibfarm.sim.session import CONNECTIVITY, Session
+from ibfarm.sim.session import Session
+from ibfarm.sim.settings import NAMES, SimSettings
 
 log = logging.getLogger(__name__)
 
-class _Stats:
-    """Counters the gateway keeps; read with ``SimGateway.stats()``."""
-
-    def __init__(self) -> None:
-        self.connections_total = 0
-        self.requests: collections.Counter[str] = collections.Counter()
-        self.bars_sent = 0
-        self.open_requests = 0
-        self.max_open_requests = 0
-        self.pacing_violations = 0
-        self.pacing_rules: collections.Counter[str] = collections.Counter()
-        self.errors_sent: collections.Counter[int] = collections.Counter()
-        self.dropped = 0
-        self.per_client: dict[int, collections.Counter[str]] = collections.defaultdict(
-            collections.Counter)
-
-    def client(self, client_id: int | None) -> collections.Counter[str]:
-        return self.per_client[-1 if client_id is None else client_id]
-
 
 class SimGateway:
-    """The simulated gateway. Every knob is also a flag of ``ibfarm gateway``.
+    """The simulated gateway.
 
     Args:
         port: TCP port; 0 picks a free one (read it back from ``.port``).
         host: address to bind; loopback unless told otherwise.
-        seed: seed of the market model (the same seed always gives the same bars).
-        pacing: IB's pacing rules to enforce: a ``PacingPolicy`` or a preset name.
-        latency: seconds before each historical answer.
-        latency_per_bar: extra seconds per bar in an answer.
-        stall_symbols: historical requests for these symbols are never answered.
-        no_permission_symbols: historical requests for these symbols get 162 "No market data
-            permissions" (an account without the subscription).
-        drop_after: drop a connection when it sends its Nth+1 historical request.
-        drop_rate: probability that a historical request drops its connection.
-        fault_seed: seed of the random faults.
-        now: the gateway's clock (a callable returning an aware datetime); real time if None.
-        time_zone: the "TWS login" zone used for dates in formatDate=1 answers.
-        accounts: managed accounts reported to clients.
-        pacing_text: suffix of the 162 pacing-violation text (older gateways say
-            "Historical data request pacing violation").
+        market: the market model (default: one on ``seed`` and the gateway's clock).
+        settings: a ready ``SimSettings``; keywords override its fields.
+        **knobs: any ``SimSettings`` field (``seed``, ``pacing``, ``latency``, ``now``, ...;
+            see the README's knobs table).
+
+    Raises:
+        TypeError: an unknown knob.
+        ValueError: a knob's value it does not take.
     """
 
-    def __init__(
-        self,
-        port: int = 0,
-        host: str = "127.0.0.1",
-        *,
-        seed: int = 0,
-        market: MarketModel | None = None,
-        pacing: PacingPolicy | str = "ib",
-        latency: float = 0.0,
-        latency_per_bar: float = 0.0,
-        stall_symbols: Iterable[str] = (),
-        no_permission_symbols: Iterable[str] = (),
-        drop_after: int | None = None,
-        drop_rate: float = 0.0,
-        fault_seed: int = 0,
-        now: Callable[[], datetime] | None = None,
-        time_zone: str = "US/Eastern",
-        accounts: Iterable[str] = ("DU123456",),
-        pacing_text: str = "pacing violation",
-    ):
-        self.host = host
-        self.port = port
-        self.now = now or (lambda: datetime.now(timezone.utc))
-        self.market = market or MarketModel(seed=seed, now=self.now)
-        self.policy = PacingPolicy.coerce(pacing)
-        self.latency = latency
-        self.latency_per_bar = latency_per_bar
-        self.stall_symbols = set(stall_symbols)
-        self.no_permission_symbols = set(no_permission_symbols)
-        self.drop_after = drop_after
-        self.drop_rate = drop_rate
-        self.time_zone = time_zone
-        self.accounts = ",".join(accounts)
-        self.pacing_text = pacing_text
-        self._faults = random.Random(fault_seed)
-        self._rules = PacingRules(self.policy)
-        self._encoder = hmds.BarEncoder()
-        self._build_cpu = 0.0
-        self._builder: concurrent.futures.ThreadPoolExecutor | None = None
-        self._stats = _Stats()
-        self._sessions: set[Session] = set()
-        self._client_ids: dict[int, Session] = {}
-        self._stall_next = 0
-        self._hmds_down = False
-        self._ib_up: asyncio.Event | None = None  # cleared while IB's connectivity is lost
-        self._generation = 0  # bumped when connectivity returns with data lost
-        self._next_order_id = 1
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.base_events.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._stopped = threading.Event()
+    def __init__(self, port: int = 0, host: str = "127.0.0.1", *,
+                 market: MarketModel | None = None, settings: SimSettings | None = None,
+                 **knobs: Any):
+        unknown = set(knobs) - NAMES
+        if unknown:
+            raise TypeError(f"unknown SimGateway settings: {', '.join(sorted(unknown))}")
+        base = settings or SimSettings()
+        values = {name: getattr(base, name) for name in NAMES}
+        values.update(knobs, port=port if port or settings is None else base.port,
+                      host=host if settings is None or host != "127.0.0.1" else base.host)
+        object.__setattr__(self, "_house", House(SimSettings(**values), market))
+        object.__setattr__(self, "_loop", None)
+        object.__setattr__(self, "_server", None)
+        object.__setattr__(self, "_thread", None)
+        object.__setattr__(self, "_stopped", threading.Event())
+        object.__setattr__(self, "_timers", [])
+
+    # ----------------------------------------------------------------- settings as attributes
+    def __getattr__(self, name: str) -> Any:
+        if name in NAMES:
+            return getattr(self._house.settings, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in NAMES:
+            object.__setattr__(self, name, value)
+            return
+        settings = self._house.settings
+        setattr(settings, name, value)
+        settings.__post_init__()  # normalise and check the new value
+        if name in ("now", "clock_speed"):
+            self._house.reset_clock()
+
+    @property
+    def settings(self) -> SimSettings:
+        """The live settings (the same object the sessions read)."""
+        return self._house.settings
+
+    @property
+    def now(self) -> Callable[[], datetime]:
+        """The gateway's clock: call it for the gateway's current time."""
+        return self._house.now
+
+    @property
+    def market(self) -> MarketModel:
+        return self._house.market
+
+    @property
+    def policy(self) -> PacingPolicy:
+        """The pacing policy it enforces."""
+        return self._house.policy
+
+    @property
+    def _rules(self) -> PacingRules:
+        # The benchmark harness records arrivals by wrapping the rules' check.
+        return self._house.rules
 
     # ----------------------------------------------------------------- lifecycle
     def start(self, timeout: float = 10.0) -> SimGateway:
@@ -133,7 +113,8 @@ class SimGateway:
         ready = threading.Event()
         failure: list[BaseException] = []
         self._stopped.clear()
-        self._builder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sim-bars")
+        self._house.builder = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="sim-bars")
 
         def run() -> None:
             loop = asyncio.new_event_loop()
@@ -145,6 +126,7 @@ class SimGateway:
                 ready.set()
                 loop.close()
                 return
+            self._schedule(loop)
             ready.set()
             try:
                 loop.run_forever()
@@ -158,6 +140,8 @@ class SimGateway:
         if not ready.wait(timeout):
             raise TimeoutError("simulated gateway did not start")
         if failure:
+            self._house.builder.shutdown(wait=False)
+            self._loop = None
             raise failure[0]
         log.info("simulated gateway listening on %s:%d", self.host, self.port)
         return self
@@ -169,7 +153,7 @@ class SimGateway:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout)
         self._loop = None
-        self._builder.shutdown(wait=True, cancel_futures=True)
+        self._house.builder.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> SimGateway:
         return self.start()
@@ -186,15 +170,21 @@ class SimGateway:
     # ----------------------------------------------------------------- runtime knobs
     def stats(self) -> dict:
         """A snapshot of the counters (safe to call from any thread)."""
-        return self._call(self._snapshot)
+        return self._call(self._house.stats_snapshot)
 
-    def restart(self, down_for: float = 0.5) -> None:
-        """Drop every connection and close the port for ``down_for`` seconds, then reopen it."""
-        self._call(self._restart(down_for), timeout=down_for + 10)
+    def restart(self, down_for: float = 0.5, hold_client_ids: float | None = None) -> None:
+        """Drop every connection and close the port for ``down_for`` seconds, then reopen it.
+
+        The old sessions keep their client ids for ``hold_client_ids`` seconds from now
+        (default: the ``client_id_hold`` setting): a reconnect with one of them gets 326
+        until then, as after a real gateway restart.
+        """
+        hold = self.client_id_hold if hold_client_ids is None else hold_client_ids
+        self._call(self._restart(down_for, hold), timeout=down_for + 10)
 
     def drop_connections(self) -> int:
         """Drop every client connection now (the port stays open); returns how many."""
-        return self._call(self._drop_all)
+        return self._call(lambda: len(self._house.drop_all()))
 
     def hmds_outage(self, duration: float) -> None:
         """Historical-farm outage: 2105 now, historical requests fail, 2106 after ``duration``."""
@@ -205,11 +195,27 @@ class SimGateway:
         in flight are lost and never answered) or 1102 (they are answered)."""
         self._call(self._begin_connectivity_outage, duration, data_lost)
 
+    def maintenance(self, duration: float, refusals: bool | None = None) -> None:
+        """IB's daily reset: 1100 to every session now, 1102 ("data maintained. All data farms
+        are connected") after ``duration``.
+
+        Meanwhile requests are held and answered once it ends, or (``refusals``, default the
+        ``maintenance_refusals`` setting) valid symbols get a spurious 200 "No security
+        definition has been found for the request".
+        """
+        if refusals is not None:
+            self.maintenance_refusals = refusals
+        self._call(self._begin_maintenance, duration)
+
     def stall_next(self, count: int = 1) -> None:
         """Leave the next ``count`` historical requests unanswered."""
         def bump() -> None:
-            self._stall_next += count
+            self._house.stall_next += count
         self._call(bump)
+
+    def epoch(self) -> int:
+        """The gateway clock in whole seconds."""
+        return self._house.epoch()
 
     def _call(self, target, *args, timeout: float = 10.0):
         loop = self._loop
@@ -224,108 +230,87 @@ class SimGateway:
 
     # ----------------------------------------------------------------- loop-side helpers
     async def _bind(self) -> None:
-        if self._ib_up is None:
-            self._ib_up = asyncio.Event()
-            self._ib_up.set()
+        self._house.on_loop()
         self._server = await asyncio.start_server(self._accept, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The faults the settings schedule from start (``*_after`` settings)."""
+        s = self.settings
+        if s.hmds_outage_after is not None:
+            loop.call_later(s.hmds_outage_after, self._begin_outage, s.hmds_outage_for)
+        if s.maintenance_after is not None:
+            loop.call_later(s.maintenance_after, self._begin_maintenance, s.maintenance_for)
+        if s.restart_after is not None:
+            loop.call_later(s.restart_after, lambda: loop.create_task(
+                self._restart(s.restart_for, s.client_id_hold)))
 
     async def _close_all(self) -> None:
         if self._server is not None:
             self._server.close()
-        self._drop_all()
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        self._house.drop_all()
+        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _restart(self, down_for: float) -> None:
+    async def _restart(self, down_for: float, hold: float) -> None:
+        log.info("simulated gateway restarting: down for %.1f s, ids held %.1f s", down_for,
+                 hold)
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        self._drop_all()
+        ids = self._house.drop_all()
+        if hold > 0:
+            self._house.hold(ids, hold)
         await asyncio.sleep(down_for)
         await self._bind()
 
-    def _drop_all(self) -> int:
-        sessions = list(self._sessions)
-        for session in sessions:
-            session.drop()
-        return len(sessions)
-
     def _begin_outage(self, duration: float) -> None:
-        self._hmds_down = True
-        self._broadcast(2105, "HMDS data farm connection is broken:ushmds")
+        house = self._house
+        house.hmds_down = True
+        house.broadcast(*t.HMDS_BROKEN)
 
         def end() -> None:
-            self._hmds_down = False
-            self._broadcast(2106, "HMDS data farm connection is OK:ushmds")
+            house.hmds_down = False
+            house.broadcast(*t.HMDS_OK)
         asyncio.get_running_loop().call_later(duration, end)
 
     def _begin_connectivity_outage(self, duration: float, data_lost: bool) -> None:
-        self._ib_up.clear()
-        self._broadcast(1100, CONNECTIVITY[1100])
+        house = self._house
+        house.ib_up.clear()
+        house.broadcast(1100, t.CONNECTIVITY[1100])
 
         def end() -> None:
             if data_lost:
-                self._generation += 1
-            self._ib_up.set()
+                house.generation += 1
+            house.ib_up.set()
             code = 1101 if data_lost else 1102
-            self._broadcast(code, CONNECTIVITY[code])
+            house.broadcast(code, t.CONNECTIVITY[code])
         asyncio.get_running_loop().call_later(duration, end)
 
-    def _broadcast(self, code: int, text: str) -> None:
-        for session in list(self._sessions):
-            session.error(-1, code, text)
+    def _begin_maintenance(self, duration: float) -> None:
+        house = self._house
+        house.maintenance = True
+        house.ib_up.clear()
+        house.broadcast(1100, t.CONNECTIVITY[1100])
 
-    def _snapshot(self) -> dict:
-        s = self._stats
-        return {
-            "connections_total": s.connections_total,
-            "connections_open": len(self._sessions),
-            "client_ids": sorted(self._client_ids),
-            "requests": dict(s.requests),
-            "bars_sent": s.bars_sent,
-            "open_requests": s.open_requests,
-            "max_open_requests": s.max_open_requests,
-            "pacing_violations": s.pacing_violations,
-            "pacing_rules": dict(s.pacing_rules),
-            "errors_sent": dict(s.errors_sent),
-            "dropped": s.dropped,
-            "per_client": {cid: dict(c) for cid, c in s.per_client.items()},
-            "cpu_seconds": self._cpu_seconds(),
-        }
-
-    def _cpu_seconds(self) -> float:
-        # _snapshot runs on the loop's thread: its CPU time plus the bar builder's.
-        return time.thread_time() + self._build_cpu
-
-    def _build(self, *args) -> tuple[bytes, int]:
-        """``BarEncoder.build`` on the builder thread, counting its CPU time."""
-        started = time.thread_time()
-        try:
-            return self._encoder.build(*args)
-        finally:
-            self._build_cpu += time.thread_time() - started
+        def end() -> None:
+            house.maintenance = False
+            house.ib_up.set()   # held requests are answered now: data maintained
+            house.broadcast(1102, t.CONNECTIVITY[1102])
+        asyncio.get_running_loop().call_later(duration, end)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        session = Session(self, reader, writer)
-        self._sessions.add(session)
-        self._stats.connections_total += 1
+        house = self._house
+        session = Session(house, reader, writer)
+        house.sessions.add(session)
+        house.stats.connections_total += 1
         try:
             await session.run()
         except asyncio.CancelledError:
             pass  # the gateway is stopping; asyncio's stream callback must not see this
         finally:
-            self._sessions.discard(session)
-            if session.client_id is not None and self._client_ids.get(session.client_id) is session:
-                del self._client_ids[session.client_id]
+            house.sessions.discard(session)
+            house.release(session)
             session.close()
-
-    def epoch(self) -> int:
-        """The gateway clock in whole seconds."""
-        return int(self.now().timestamp())
-
-    def next_order_id(self) -> int:
-        self._next_order_id += 1
-        return self._next_order_id

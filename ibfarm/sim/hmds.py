@@ -1,9 +1,15 @@
-"""The simulated historical-data service: parse a bar request, decide its answer, encode bars.
+"""The simulated historical-data service: parse a bar request, decide what IB has, encode bars.
 
-IB's validation order is mirrored: contract (200), bar size / duration / what-to-show (321),
-end date (10314), duration against the bar size's step limit (162 "Time length exceed max"),
-and only then the pacing rules. Encoded bar bodies are cached, so a repeated request costs a
-dictionary look-up and a socket write.
+::
+
+    REQ_HISTORICAL_DATA ─► BarQuery.parse ─► (session: IB's checks in IB's order, pacing)
+                                          ─► available_from (what IB still keeps)
+    MarketModel.bars ─► BarEncoder.build (Arrow kernels, LRU cache) ─► HISTORICAL_DATA body
+    REQ_HISTORICAL_TICKS ─► TickQuery.parse ─► ticks_body (1-second bars as ticks)
+
+IB keeps no bars of 30 seconds or less older than six months, no data of a future more than
+two years past its expiry, and none of a delisted stock (IB's "Historical Data Limitations").
+Encoded bar bodies are cached, so a repeated request costs a dictionary look-up and a write.
 """
 
 from __future__ import annotations
@@ -21,31 +27,16 @@ import pyarrow.compute as pc
 from dateutil.relativedelta import relativedelta
 
 from ibfarm import bars as barlib
+from ibfarm.contracts import iana_zone
+from ibfarm.sim.instruments import EXPIRED_KEPT, Instrument
+from ibfarm.sim.market import Bars
 from ibfarm.sim.protocol import FieldReader, read_contract
 
-HMDS_PREFIX = "Historical Market Data Service error message:"
-BAR_SIZE_INVALID = (
-    "Error validating request.-'bK' : cause - Historical data bar size setting is invalid. "
-    "Legal ones are: 1 secs, 5 secs, 10 secs, 15 secs, 30 secs, 1 min, 2 mins, 3 mins, 5 mins, "
-    "10 mins, 15 mins, 20 mins, 30 mins, 1 hour, 2 hours, 3 hours, 4 hours, 8 hours, 1 day, 1W, 1M"
-)
-DURATION_INVALID = "Error validating request.-'bK' : cause - Invalid duration format: '{}'"
-WHAT_INVALID = "Error validating request.-'bK' : cause - Invalid whatToShow: '{}'"
-END_INVALID = (
-    "End Date/Time: The date, time, or time-zone entered is invalid. The correct format is "
-    "yyyymmdd hh:mm:ss xx/xxxx where yyyymmdd and xx/xxxx are optional. E.g.: "
-    "20031126 15:59:00 US/Eastern  Note that there is a space between the date and time, and "
-    "between the time and time-zone. You can also provide yyyymmddd-hh:mm:ss time is in UTC. "
-    "Note that there is a dash between the date and time in UTC notation."
-)
-TOO_LONG = HMDS_PREFIX + "Time length exceed max."
-NO_DATA = HMDS_PREFIX + "HMDS query returned no data: {}@{} {}"
-CANCELLED = HMDS_PREFIX + "API historical data query cancelled: {}"
-FARM_DOWN = HMDS_PREFIX + "HMDS data farm connection is broken:ushmds"
-TOO_MANY_OPEN = (
-    "Error processing request:-'bS' : cause - Only {} simultaneous API historical data "
-    "requests allowed."
-)
+#: Bars of this many seconds or less are kept for ``SMALL_BARS_KEPT`` only.
+SMALL_BAR_SECONDS = 30
+SMALL_BARS_KEPT = relativedelta(months=6)
+#: The most ticks one historical-ticks request returns.
+MAX_TICKS = 1000
 
 _END_RE = re.compile(r"^(\d{8})(?:([ -])(\d{2}:\d{2}:\d{2}))?(?:\s+(\S+))?$")
 
@@ -83,6 +74,44 @@ class BarQuery:
                 self.what_to_show)
 
 
+@dataclass(frozen=True)
+class TickQuery:
+    """A REQ_HISTORICAL_TICKS message, parsed."""
+
+    req_id: int
+    contract: dict
+    start_text: str
+    end_text: str
+    count: int
+    what_to_show: str
+    use_rth: bool
+
+    @classmethod
+    def parse(cls, reader: FieldReader) -> TickQuery:
+        req_id = reader.int()
+        contract = read_contract(reader)
+        start, end, count = reader.text(), reader.text(), reader.int()
+        what, use_rth = reader.text().upper(), reader.bool()
+        return cls(req_id, contract, start, end, count, what, use_rth)
+
+
+def available_from(inst: Instrument, bar_seconds: int, now: datetime) -> datetime | None:
+    """The earliest moment IB still has data of this kind for ``inst``, or None for none.
+
+    A delisted stock has none, nor a future more than two years past its expiry; bars of 30
+    seconds or less go back six months from now; everything else to the head.
+    """
+    if inst.delisted:
+        return None
+    last = inst.last_day
+    if inst.sec_type == "FUT" and last is not None and \
+            last < (now - EXPIRED_KEPT).astimezone(timezone.utc).date():
+        return None
+    if bar_seconds <= SMALL_BAR_SECONDS:
+        return max(inst.head, now - SMALL_BARS_KEPT)
+    return inst.head
+
+
 def parse_end(text: str, now: datetime, default_zone: str) -> datetime:
     """An ``endDateTime`` as clients send it -> aware UTC datetime.
 
@@ -104,14 +133,16 @@ def parse_end(text: str, now: datetime, default_zone: str) -> datetime:
         tz = timezone.utc
     else:
         try:
-            tz = ZoneInfo(zone or default_zone)
+            tz = ZoneInfo(iana_zone(zone) if zone else iana_zone(default_zone))
         except (KeyError, ValueError, OSError):
             raise ValueError(text) from None
     return stamp.replace(tzinfo=tz).astimezone(timezone.utc)
 
 
 def range_start(end: datetime, duration: str) -> datetime:
-    """Start of the range ``duration`` before ``end`` (calendar days, weeks, months, years)."""
+    """The latest start a request for ``duration`` ending at ``end`` can have: the calendar
+    span (``N D`` as N x 24 h). The gateway counts ``N D`` in trading days
+    (``MarketModel.range_start``), which reaches at least this far back."""
     count, unit = barlib.parse_duration(duration)
     if unit == "S":
         return end - timedelta(seconds=count)
@@ -181,24 +212,54 @@ def _dates(epochs: np.ndarray, daily: bool, format_date: int, zone: str) -> pa.A
         return pc.strftime(stamps, format="%Y%m%d")
     if format_date == 2:
         return pc.cast(pa.array(epochs, pa.int64()), pa.string())
-    local = pc.strftime(stamps.cast(pa.timestamp("s", tz=_iana(zone))), format="%Y%m%d %H:%M:%S")
+    local = pc.strftime(stamps.cast(pa.timestamp("s", tz=iana_zone(zone))),
+                        format="%Y%m%d %H:%M:%S")
     return pc.binary_join_element_wise(local, pa.scalar(zone), " ")
 
 
-def format_stamp(moment: datetime) -> str:
-    """The classic two-space ``YYYYMMDD  HH:MM:SS`` form (UTC) for start/end fields."""
-    return moment.astimezone(timezone.utc).strftime("%Y%m%d  %H:%M:%S")
-
-
 def format_zoned(moment: datetime, zone: str) -> str:
-    """``YYYYMMDD HH:MM:SS <zone>`` in ``zone``: how formatDate=1 dates a moment."""
-    local = moment.astimezone(ZoneInfo(_iana(zone)))
+    """``YYYYMMDD HH:MM:SS <zone>`` in ``zone``: how IB dates a moment (formatDate=1 bars,
+    head timestamps, historicalDataEnd's start and end)."""
+    local = moment.astimezone(ZoneInfo(iana_zone(zone)))
     return f"{local:%Y%m%d %H:%M:%S} {zone}"
 
 
-_IANA = {"US/Eastern": "America/New_York", "US/Central": "America/Chicago",
-         "US/Pacific": "America/Los_Angeles", "US/Mountain": "America/Denver"}
+def select_ticks(chunks: list, what: str, count: int, from_start: bool):
+    """The first (``from_start``) or last ``count`` ticks in 1-second bar ``chunks``, in
+    time order; for TRADES only seconds that traded."""
+    fields = ("time", "open", "high", "low", "close", "wap", "volume", "count")
+    if not chunks:
+        return Bars(*(np.empty(0) for _ in fields), daily=False)
+    cols = {f: np.concatenate([getattr(c, f) for c in chunks]) for f in fields}
+    order = np.argsort(cols["time"], kind="stable")
+    if what == "TRADES":
+        order = order[cols["volume"][order] > 0]
+    order = order[:count] if from_start else order[-count:]
+    return Bars(*(cols[f][order] for f in fields), daily=False)
 
 
-def _iana(zone: str) -> str:
-    return _IANA.get(zone, zone)
+def ticks_body(ticks, what: str, inst: Instrument) -> tuple[bytes, int]:
+    """The fields after ``tickCount`` of HISTORICAL_TICKS(_BID_ASK, _LAST) and the count.
+
+    ``ticks`` are 1-second bars (TRADES, or MIDPOINT for quotes): TRADES gives a trade per
+    second that traded (price = the second's close, size = its volume), MIDPOINT a midpoint
+    per second, BID_ASK a quote per second (the midpoint +- the instrument's half spread).
+    """
+    half = inst.half_spread_ticks * inst.min_tick
+    parts: list[str] = []
+    count = 0
+    for k in range(len(ticks)):
+        t = int(ticks.time[k])
+        if what == "TRADES":
+            if ticks.volume[k] <= 0:
+                continue
+            parts += [str(t), "0", repr(float(ticks.close[k])), str(int(ticks.volume[k])),
+                      "ISLAND", ""]
+        elif what == "BID_ASK":
+            mid = float(ticks.close[k])
+            parts += [str(t), "0", repr(round(mid - half, inst.decimals)),
+                      repr(round(mid + half, inst.decimals)), "100", "100"]
+        else:
+            parts += [str(t), "", repr(float(ticks.close[k])), "0"]
+        count += 1
+    return ("\0".join(parts) + ("\0" if parts else "")).encode(), count

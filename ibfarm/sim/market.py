@@ -2,37 +2,52 @@
 
 Everything here is a pure function of ``(seed, instrument, trading day)``, so two processes
 with the same seed serve byte-identical bars, and every bar size is an exact aggregate of
-one base path.
+one base path::
+
+    daily walk (per walk owner) ─► daily anchors (+ futures basis) ─► minutes of trading date D
+        (Brownian bridge between anchors, intraday profile, integer ticks) ─► seconds (derived)
+    minutes/seconds up to the clock ─► bars: wall-clock buckets, daily, weekly, monthly
 
 Model, from slow to fast:
 
-* **Daily anchors.** Per "walk" (SPY and the ES contracts follow SPX's walk, scaled; every
-  other instrument has its own) one log price per calendar day from ``FIRST_DAY`` to
-  ``LAST_DAY``: a log-linear trend from ``price_head`` at the instrument's head to
-  ``price_ref`` at ``REF_DAY`` (flat afterwards), plus a mean-reverting (Ornstein-Uhlenbeck,
+* **Daily anchors.** Per "walk" (SPY and the ES contracts follow SPX's walk, scaled; ZC has
+  one of its own; every other instrument has its own) one log price per calendar day from
+  ``FIRST_DAY`` to ``LAST_DAY``: a log-linear trend from ``price_head`` at the instrument's head
+  to ``price_ref`` at ``REF_DAY`` (flat afterwards), plus a mean-reverting (Ornstein-Uhlenbeck,
   about an eight-month half life) deviation with ``daily_vol`` innovations, damped on
   weekends, and pinned to zero at ``REF_DAY`` so recent prices are realistic for any seed.
-  Futures add a cost-of-carry basis that decays to zero at expiry.
+  Futures add a cost-of-carry basis that decays to zero at expiry; a CONTFUT carries the
+  basis of the front contract of each day (so it jumps at each roll, as an unadjusted
+  continuous series does).
 * **Minutes.** Trading date D's all-hours session is a Brownian bridge of 1-minute steps from
   the anchor of D-1 to the anchor of D, so a day opens where the previous calendar day closed.
-  Per-minute volatility and volume follow an intraday profile (U-shaped regular hours, quiet
-  extended hours; FX by time of day). Prices are integer tick counts (exact aggregation,
-  exact ES quarter points); the minute high/low add random wicks to max/min(open, close).
-  Each day's random numbers come from ``numpy.random.default_rng([seed, con_id, ordinal])``.
+  Minutes inside the session's break (SEHK's lunch, CBOT's 07:45-08:30 halt) exist in the
+  path but are never served. Per-minute volatility and volume follow an intraday profile
+  (U-shaped regular hours, quiet extended hours; FX by time of day). Prices are integer tick
+  counts (exact aggregation, exact ES quarter points); the minute high/low add random wicks to
+  max/min(open, close). Each day's random numbers come from
+  ``numpy.random.default_rng([seed, series_key, ordinal])``.
 * **Seconds.** 1-second bars are derived from each minute with their own per-day generator:
   a bridge from the minute's open to its close that touches the minute's high and low
   exactly, with the volume and trade count split into integers that sum to the minute's.
+* **The clock.** Nothing after ``now()`` exists: a minute (a second, for bars under a
+  minute) appears once it is complete, so the intraday bar in progress holds the minutes up to
+  now, today's daily bar the session so far, and the current week and month their days so
+  far (IB returns periods in progress partial, too).
 * **Bars.** Intraday bars group minutes (or seconds) by the bar size on the wall clock of
-  the instrument's zone, never across sessions, and are dated by their first element (so the
-  first 1-hour regular-hours stock bar starts 09:30). Daily bars aggregate one session's
-  minutes (regular or all hours); weekly/monthly bars aggregate daily bars per ISO week /
-  calendar month. MIDPOINT is the trade path, BID/ASK are shifted by ``half_spread_ticks``.
-* **Listing.** ES is listed as the next four quarterly contracts (third Friday of
-  Mar/Jun/Sep/Dec) not expired at ``now()``; an ES contract has no sessions after expiry.
+  the instrument's zone, never across trading dates, and are dated by their first element (so
+  the first 1-hour regular-hours stock bar starts 09:30). Daily bars aggregate one session's
+  minutes (regular or all hours) and are dated by the trading date; weekly/monthly bars
+  aggregate daily bars per ISO week / calendar month and are dated by the **last** trading
+  date in them (Friday; Thursday before a Friday holiday; the latest day so far for the
+  period in progress), as IB dates them. MIDPOINT is the trade path, BID/ASK are shifted by
+  ``half_spread_ticks``.
+* **Durations.** ``N D`` is the last N trading days up to the end (IB's meaning), S, W, M and
+  Y are calendar spans (``range_start``).
 
 History begins at the regular-hours open of the first trading day whose regular session opens
-at or after ``Instrument.head``; nothing before that is served. Calendars live in
-:mod:`ibfarm.sim.sessions`.
+at or after ``Instrument.head``; nothing before that is served. Contracts live in
+:mod:`ibfarm.sim.instruments`, calendars in :mod:`ibfarm.sim.calendar`.
 """
 
 from __future__ import annotations
@@ -48,10 +63,13 @@ from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
+from dateutil.relativedelta import relativedelta
 
-from ibfarm.bars import WHAT_TO_SHOW, bar_seconds, normalize_bar_size
-from ibfarm.sim import sessions as cal_mod
-from ibfarm.sim.sessions import FIRST_DAY, LAST_DAY, Calendar, calendar, day_epoch
+from ibfarm.bars import BAR_SIZES, parse_duration
+from ibfarm.sim import calendar as cal_mod
+from ibfarm.sim import instruments as universe
+from ibfarm.sim.calendar import FIRST_DAY, LAST_DAY, Calendar, day_epoch
+from ibfarm.sim.instruments import WALK_OWNERS, Instrument
 
 log = logging.getLogger(__name__)
 
@@ -60,60 +78,28 @@ REF_DAY = date(2024, 6, 28)
 
 _UTC = timezone.utc
 _N_DAYS = LAST_DAY.toordinal() - FIRST_DAY.toordinal() + 1
+#: IB's two spellings of weekly and monthly bars, one meaning each.
+_SAME_SIZE = {"1W": "1 week", "1M": "1 month"}
 
 
-@dataclass(frozen=True)
-class Instrument:
-    """One simulated contract: IB's contract-details fields plus the model's parameters."""
+def bar_size_name(bar_size: str) -> str:
+    """The model's name for one of IB's bar sizes (``"1W"`` is ``"1 week"``).
 
-    symbol: str
-    sec_type: str
-    exchange: str
-    primary_exchange: str
-    currency: str
-    con_id: int
-    local_symbol: str
-    trading_class: str
-    market_name: str
-    long_name: str
-    min_tick: float
-    multiplier: str
-    time_zone: str
-    valid_exchanges: str
-    last_trade_date: str
-    head: datetime
-    # --- model parameters ---
-    price_head: float = 100.0     # trend level at the head
-    price_ref: float = 100.0      # trend level at REF_DAY and later
-    daily_vol: float = 0.02       # daily log-return volatility
-    volume_scale: float = 1000.0  # mean TRADES volume per regular-hours minute
-    trade_size: float = 3.0       # mean volume per trade: count ~ volume / trade_size
-    walk: str = ""                # symbol whose daily walk this follows ("" = own walk)
-    walk_scale: float = 1.0       # price multiple of that walk
-    carry: float = 0.0            # futures basis: annual cost of carry
-    half_spread_ticks: int = 1
-
-    def what_to_show_ok(self, what: str) -> bool:
-        """Whether IB serves ``what`` for this contract (forex has no TRADES)."""
-        if what not in WHAT_TO_SHOW:
-            return False
-        return not (self.sec_type == "CASH" and what == "TRADES")
-
-    @property
-    def decimals(self) -> int:
-        """Decimal places of the tick size (0.25 -> 2, 0.00005 -> 5)."""
-        for d in range(10):
-            if abs(round(self.min_tick * 10**d) - self.min_tick * 10**d) < 1e-9:
-                return d
-        return 10
+    Raises:
+        ValueError: not literally one of IB's sizes (``ibfarm.bars.BAR_SIZES``).
+    """
+    if bar_size not in BAR_SIZES:
+        raise ValueError(f"not one of IB's bar sizes: {bar_size!r}")
+    return _SAME_SIZE.get(bar_size, bar_size)
 
 
 @dataclass
 class Bars:
     """Bars as numpy arrays, one element per bar, sorted by time, without duplicates.
 
-    ``time`` is the bar start (epoch seconds, UTC); daily and longer bars are dated 00:00 UTC
-    of their (first) trading date. For non-TRADES data ``volume``, ``wap`` and ``count`` are -1.
+    ``time`` is the bar start (epoch seconds, UTC); daily bars are dated 00:00 UTC of their
+    trading date, weekly and monthly bars of the last trading date in them. For non-TRADES data
+    ``volume``, ``wap`` and ``count`` are -1.
     """
 
     time: np.ndarray
@@ -131,118 +117,17 @@ class Bars:
 
 
 # ----------------------------------------------------------------------------------------------
-# Universe
-
-def _dt(y: int, m: int, d: int, hh: int = 0, mm: int = 0) -> datetime:
-    return datetime(y, m, d, hh, mm, tzinfo=_UTC)
-
-
-_STK_VENUES = ("SMART,AMEX,NYSE,CBOE,PHLX,ISE,CHX,ARCA,ISLAND,DRCTEDGE,BEX,BATS,EDGEA,BYX,"
-               "IEX,EDGX,FOXRIVER,PEARL,NYSENAT,LTSE,MEMX,IBEOS,OVERNIGHT,TPLUS1,PSX")
-
-
-def _stock(symbol: str, con_id: int, primary: str, long_name: str, head: datetime,
-           price_head: float, price_ref: float, vol: float, volume: float, **kw) -> Instrument:
-    nasdaq = primary == "NASDAQ"
-    return Instrument(
-        symbol=symbol, sec_type="STK", exchange="SMART", primary_exchange=primary,
-        currency="USD", con_id=con_id, local_symbol=symbol,
-        trading_class="NMS" if nasdaq else symbol, market_name="NMS" if nasdaq else symbol,
-        long_name=long_name, min_tick=0.01, multiplier="", time_zone="US/Eastern",
-        valid_exchanges=_STK_VENUES + ("," + primary if primary not in _STK_VENUES else ""),
-        last_trade_date="", head=head, price_head=price_head, price_ref=price_ref,
-        daily_vol=vol, volume_scale=volume, trade_size=2.5, **kw)
-
-
-def _forex(base: str, quote: str, con_id: int, long_name: str, tick: float,
-           price_head: float, price_ref: float) -> Instrument:
-    pair = f"{base}.{quote}"
-    return Instrument(
-        symbol=base, sec_type="CASH", exchange="IDEALPRO", primary_exchange="", currency=quote,
-        con_id=con_id, local_symbol=pair, trading_class=pair, market_name=pair,
-        long_name=long_name, min_tick=tick, multiplier="", time_zone="US/Eastern",
-        valid_exchanges="IDEALPRO", last_trade_date="", head=_dt(2005, 2, 28),
-        price_head=price_head, price_ref=price_ref, daily_vol=0.006, volume_scale=0.0)
-
-
-_SPX = Instrument(
-    symbol="SPX", sec_type="IND", exchange="CBOE", primary_exchange="", currency="USD",
-    con_id=416904, local_symbol="SPX", trading_class="SPX", market_name="SPX",
-    long_name="S&P 500 Stock Index", min_tick=0.01, multiplier="", time_zone="US/Central",
-    valid_exchanges="CBOE", last_trade_date="", head=_dt(1990, 1, 2, 14, 30),
-    price_head=350.0, price_ref=5460.0, daily_vol=0.011, volume_scale=300.0, trade_size=1.0)
-
-STATIC_INSTRUMENTS: tuple[Instrument, ...] = (
-    _stock("AAPL", 265598, "NASDAQ", "APPLE INC", _dt(1980, 12, 12, 14, 30), 0.40, 210.0, 0.020,
-           1500.0),
-    _stock("MSFT", 272093, "NASDAQ", "MICROSOFT CORP", _dt(1986, 3, 13, 14, 30), 0.50, 450.0,
-           0.018, 600.0),
-    _stock("SPY", 756733, "ARCA", "SPDR S&P 500 ETF TRUST", _dt(1993, 1, 29, 14, 30), 0.0, 0.0,
-           0.011, 1200.0, walk="SPX", walk_scale=0.1),
-    _stock("IBM", 8314, "NYSE", "INTL BUSINESS MACHINES CORP", _dt(1980, 1, 2, 14, 30), 18.0,
-           175.0, 0.014, 120.0),
-    _stock("NVDA", 4815747, "NASDAQ", "NVIDIA CORP", _dt(1999, 1, 22, 14, 30), 0.35, 125.0, 0.030,
-           4000.0),
-    _stock("TSLA", 76792991, "NASDAQ", "TESLA INC", _dt(2010, 6, 29, 13, 30), 1.60, 195.0, 0.035,
-           2500.0),
-    _stock("AMZN", 3691937, "NASDAQ", "AMAZON.COM INC", _dt(1997, 5, 15, 13, 30), 0.10, 190.0,
-           0.022, 1000.0),
-    _stock("GOOGL", 208813719, "NASDAQ", "ALPHABET INC-CL A", _dt(2004, 8, 19, 13, 30), 2.50,
-           180.0, 0.019, 700.0),
-    _forex("EUR", "USD", 12087792, "European Monetary Union Euro", 0.00005, 1.30, 1.08),
-    _forex("GBP", "USD", 12087797, "British pound", 0.00005, 1.90, 1.27),
-    _forex("USD", "JPY", 15016059, "US dollar", 0.005, 105.0, 155.0),
-    _SPX,
-)
-
-_MONTH_CODES = {3: "H", 6: "M", 9: "U", 12: "Z"}
-
-
-def third_friday(year: int, month: int) -> date:
-    """Third Friday of a month (quarterly equity futures expire then)."""
-    first = date(year, month, 1)
-    return first + timedelta(days=(4 - first.weekday()) % 7 + 14)
-
-
-def es_contract(year: int, month: int) -> Instrument:
-    """The ES future expiring in ``year``/``month`` (a quarterly month)."""
-    if month not in _MONTH_CODES:
-        raise ValueError(f"ES trades quarterly; {month} is not Mar/Jun/Sep/Dec")
-    expiry = third_friday(year, month)
-    head = expiry - timedelta(days=2 * 365)
-    return Instrument(
-        symbol="ES", sec_type="FUT", exchange="CME", primary_exchange="", currency="USD",
-        con_id=620000000 + year * 12 + month, local_symbol=f"ES{_MONTH_CODES[month]}{year % 10}",
-        trading_class="ES", market_name="ES", long_name="E-mini S&P 500", min_tick=0.25,
-        multiplier="50", time_zone="US/Central", valid_exchanges="CME",
-        last_trade_date=f"{expiry:%Y%m%d}", head=_dt(head.year, head.month, head.day),
-        volume_scale=2500.0, trade_size=4.0, walk="SPX", carry=0.04, daily_vol=0.011)
-
-
-def listed_es(now: datetime, count: int = 4) -> list[Instrument]:
-    """The next ``count`` quarterly ES contracts not expired at ``now``."""
-    today = now.astimezone(_UTC).date()
-    out: list[Instrument] = []
-    year, month = today.year, 3 * ((today.month - 1) // 3) + 3
-    while len(out) < count:
-        if third_friday(year, month) >= today:
-            out.append(es_contract(year, month))
-        month += 3
-        if month > 12:
-            year, month = year + 1, 3
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
 # Per-day arrays
 
 @dataclass(frozen=True)
 class _Day:
-    """One trading date's all-hours minutes (prices in ticks) and where regular hours are."""
+    """One trading date's all-hours elements (prices in ticks), its regular hours and break."""
 
-    t0: int              # epoch of the first minute
-    offset: np.ndarray   # UTC offset (seconds) per minute, or a 1-element array if constant
-    rth: slice           # minutes inside regular hours
+    t0: int              # epoch of the first element
+    step: int            # seconds per element (60 for minutes, 1 for seconds)
+    offset: np.ndarray   # UTC offset (seconds) per element, or a 1-element array if constant
+    rth: slice           # elements inside regular hours
+    gap: slice           # elements inside the session's break (never served; may be empty)
     o: np.ndarray
     h: np.ndarray
     lo: np.ndarray
@@ -254,6 +139,13 @@ class _Day:
     def __len__(self) -> int:
         return len(self.o)
 
+    def served(self, a: int, b: int) -> np.ndarray:
+        """Indices of elements in ``[a, b)`` outside the break."""
+        idx = np.arange(max(a, 0), max(a, b), dtype=np.int64)
+        if self.gap.stop > self.gap.start:
+            idx = idx[(idx < self.gap.start) | (idx >= self.gap.stop)]
+        return idx
+
 
 @dataclass(frozen=True)
 class _Series:
@@ -261,7 +153,7 @@ class _Series:
 
     t: np.ndarray
     local: np.ndarray    # wall-clock epoch (t + UTC offset)
-    sess: np.ndarray     # session number, to never group across sessions
+    sess: np.ndarray     # session number, to never group across trading dates
     o: np.ndarray
     h: np.ndarray
     lo: np.ndarray
@@ -299,7 +191,8 @@ class MarketModel:
 
     Args:
         seed: non-negative seed; equal seeds give identical markets in every process.
-        now: clock used only to decide which futures are listed (default: the system clock).
+        now: the clock (default: the system clock). It decides which futures are listed, and
+            nothing after it is served: the period in progress comes partial.
         cache_days: how many per-day minute arrays to keep (about 45 KB each).
     """
 
@@ -316,54 +209,36 @@ class MarketModel:
         self._walks: dict[str, np.ndarray] = {}
         self._anchors: dict[int, np.ndarray] = {}
         self._lock = threading.RLock()
-        self._walk_owner = {i.symbol: i for i in STATIC_INSTRUMENTS}
 
     # ------------------------------------------------------------------ contracts
     @property
     def instruments(self) -> list[Instrument]:
-        """Every contract currently known (the ES list depends on ``now()``)."""
-        return list(STATIC_INSTRUMENTS) + listed_es(self._now())
+        """Every contract listed now (the futures list depends on ``now()``)."""
+        return universe.listed(self._now())
 
     def resolve(self, *, symbol: str = "", sec_type: str = "", exchange: str = "",
                 currency: str = "", con_id: int = 0, local_symbol: str = "",
-                last_trade: str = "") -> list[Instrument]:
-        """Contracts matching an IB contract description, the way IB matches them.
-
-        ``con_id`` wins when non-zero. Otherwise ``sec_type`` is required and ``symbol`` (or
-        ``local_symbol``) must match exactly; ``currency``, ``exchange`` and, for futures,
-        ``last_trade`` ("YYYYMM" or "YYYYMMDD") narrow the match. Unknown -> ``[]``.
-        """
-        listed = self.instruments
-        if con_id:
-            return [i for i in listed if i.con_id == con_id]
-        if not sec_type or not (symbol or local_symbol):
-            return []
-        out = []
-        for inst in listed:
-            if inst.sec_type != sec_type:
-                continue
-            if symbol and inst.symbol != symbol:
-                continue
-            if local_symbol and inst.local_symbol != local_symbol:
-                continue
-            if currency and inst.currency != currency:
-                continue
-            if exchange and not _exchange_ok(inst, exchange):
-                continue
-            if last_trade and not (inst.last_trade_date and
-                                   inst.last_trade_date.startswith(last_trade)):
-                continue
-            out.append(inst)
-        return sorted(out, key=lambda i: i.last_trade_date)
+                last_trade: str = "", include_expired: bool = False) -> list[Instrument]:
+        """Contracts matching an IB contract description (``instruments.resolve`` at now)."""
+        return universe.resolve(self._now(), symbol=symbol, sec_type=sec_type,
+                                exchange=exchange, currency=currency, con_id=con_id,
+                                local_symbol=local_symbol, last_trade=last_trade,
+                                include_expired=include_expired)
 
     # ------------------------------------------------------------------ calendar
+    @staticmethod
+    def calendar(inst: Instrument) -> Calendar:
+        """The trading calendar ``inst`` trades on."""
+        return cal_mod.build(inst.calendar)
+
     def sessions(self, inst: Instrument, start: datetime, end: datetime, use_rth: bool
                  ) -> list[tuple[datetime, datetime, date]]:
         """Sessions ``(open_utc, close_utc, trading_date)`` overlapping ``[start, end)``.
 
-        Pure calendar: the head is ignored, but a future has no sessions after expiry.
+        Pure calendar: the head and the clock are ignored, but a future has no sessions after
+        expiry (a delisted stock none after delisting). A break does not split a session here.
         """
-        cal = calendar(inst.sec_type)
+        cal = self.calendar(inst)
         rows = self._limit(inst, cal, cal.overlapping(_epoch(start), _epoch(end), use_rth),
                            with_head=False)
         opens, closes = cal.bounds(use_rth)
@@ -371,43 +246,67 @@ class MarketModel:
 
     def trading_hours(self, inst: Instrument, first_day: date, days: int, liquid: bool) -> str:
         """IB's ``tradingHours`` (``liquid=False``) or ``liquidHours`` string, local time."""
-        cal = calendar(inst.sec_type)
+        cal = self.calendar(inst)
         return cal_mod.trading_hours(cal, first_day, days, liquid, self._last_row(inst, cal))
 
     def head_timestamp(self, inst: Instrument, what_to_show: str, use_rth: bool) -> datetime:
         """Earliest data (UTC): the regular open of the first day opening at/after the head."""
         if not inst.what_to_show_ok(what_to_show):
             raise ValueError(f"{inst.local_symbol} has no {what_to_show} data")
-        cal = calendar(inst.sec_type)
-        return _from_epoch(self._head_epoch(inst, cal))
+        return _from_epoch(self._head_epoch(inst, self.calendar(inst)))
+
+    def range_start(self, inst: Instrument, end: datetime, duration: str,
+                    use_rth: bool) -> datetime:
+        """Where a request for ``duration`` ending at ``end`` starts, as IB counts it.
+
+        ``N D`` is the last N trading days whose session (regular or all hours) opened
+        before ``end``: the range starts at the open of the earliest. ``S``, ``W``, ``M`` and
+        ``Y`` are calendar spans back from ``end``.
+        """
+        count, unit = parse_duration(duration)
+        if unit == "D":
+            cal = self.calendar(inst)
+            rows = cal.opened_before(_epoch(end), count, use_rth, self._last_row(inst, cal))
+            if len(rows) == 0:
+                return end
+            return min(end, _from_epoch(cal.bounds(use_rth)[0][rows[0]]))
+        if unit == "S":
+            return end - timedelta(seconds=count)
+        if unit == "W":
+            return end - timedelta(weeks=count)
+        if unit == "M":
+            return end - relativedelta(months=count)
+        return end - relativedelta(years=count)
 
     # ------------------------------------------------------------------ bars
     def bars(self, inst: Instrument, bar_size: str, start: datetime, end: datetime,
              use_rth: bool, what_to_show: str) -> Bars:
-        """Bars of ``bar_size`` for ``inst``.
+        """Bars of ``bar_size`` (one of IB's spellings) for ``inst``, up to the clock.
 
         Intraday: bars whose (session-clipped) start lies in ``[start, end)``. Daily and
-        longer: trading days whose session closes in ``(start, end]``, aggregated per ISO
-        week or calendar month for weekly/monthly bars.
+        longer: trading days whose session closes in ``(start, end]``, plus the session in
+        progress when ``end`` is at or after now; weekly/monthly bars aggregate those per ISO
+        week or calendar month.
 
         Raises:
-            ValueError: illegal bar size, or ``what_to_show`` not available for ``inst``.
+            ValueError: not one of IB's bar sizes, or ``what_to_show`` not available.
         """
-        size = normalize_bar_size(bar_size)
+        size = bar_size_name(bar_size)
         if not inst.what_to_show_ok(what_to_show):
             raise ValueError(f"{inst.local_symbol} has no {what_to_show} data")
-        seconds = bar_seconds(size)
+        seconds = BAR_SIZES[size]
         s, e = _epoch(start), _epoch(end)
-        cal = calendar(inst.sec_type)
+        cut = _epoch(self._now())
+        cal = self.calendar(inst)
         if seconds >= 86400:
-            t, agg = self._daily_bars(inst, cal, s, e, use_rth, size)
+            t, agg = self._daily_bars(inst, cal, s, e, use_rth, size, cut)
             return _finish(inst, t, agg, what_to_show, daily=True)
-        rows = self._limit(inst, cal, cal.overlapping(s, e, use_rth))
+        rows = self._limit(inst, cal, cal.overlapping(s, min(e, cut), use_rth))
         if seconds < 60:
             # Only the minutes that can hold a bar starting in [start, end) need seconds.
-            series = self._series(inst, cal, rows, use_rth, seconds=True, window=(s, e))
+            series = self._series(inst, cal, rows, use_rth, True, cut, window=(s, e))
         else:
-            series = self._series(inst, cal, rows, use_rth, seconds=False)
+            series = self._series(inst, cal, rows, use_rth, False, cut)
         t, agg = _group(series, seconds)
         keep = (t >= s) & (t < e)
         return _finish(inst, t[keep], tuple(a[keep] for a in agg), what_to_show, daily=False)
@@ -422,9 +321,8 @@ class MarketModel:
         return int(cal.rth_open[lo + rows[0]])
 
     def _last_row(self, inst: Instrument, cal: Calendar) -> int | None:
-        if not inst.last_trade_date:
-            return None
-        return cal.index(datetime.strptime(inst.last_trade_date, "%Y%m%d").date())
+        last = inst.last_day
+        return None if last is None else cal.index(last)
 
     def _limit(self, inst: Instrument, cal: Calendar, rows: np.ndarray,
                with_head: bool = True) -> np.ndarray:
@@ -466,23 +364,27 @@ class MarketModel:
         return walk
 
     def _anchor(self, inst: Instrument) -> np.ndarray:
+        key = inst.series_key
         with self._lock:
-            cached = self._anchors.get(inst.con_id)
+            cached = self._anchors.get(key)
         if cached is not None:
             return cached
-        owner = self._walk_owner[inst.walk] if inst.walk else inst
+        owner = WALK_OWNERS[inst.walk] if inst.walk else inst
         anchor = self._walk(owner) + math.log(inst.walk_scale)
-        if inst.carry and inst.last_trade_date:
-            expiry = datetime.strptime(inst.last_trade_date, "%Y%m%d").date().toordinal()
+        if inst.carry and (inst.sec_type == "CONTFUT" or inst.last_trade_date):
             ords = np.arange(_N_DAYS) + FIRST_DAY.toordinal()
+            if inst.sec_type == "CONTFUT":
+                expiry = _front_expiries(inst.chain, ords)
+            else:
+                expiry = datetime.strptime(inst.last_trade_date, "%Y%m%d").date().toordinal()
             anchor = anchor + inst.carry * np.maximum(expiry - ords, 0) / 365.0
         with self._lock:
-            self._anchors[inst.con_id] = anchor
+            self._anchors[key] = anchor
         return anchor
 
     def _day(self, inst: Instrument, cal: Calendar, row: int, store: bool = True) -> _Day:
         """The all-hours minutes of trading date ``row`` (cached, LRU)."""
-        key = (inst.con_id, int(row))
+        key = (inst.series_key, int(row))
         with self._lock:
             day = self._days.get(key)
             if day is not None:
@@ -500,12 +402,15 @@ class MarketModel:
         t0, t1 = int(cal.all_open[row]), int(cal.all_close[row])
         n = (t1 - t0) // 60
         rth = slice(int(cal.rth_open[row] - t0) // 60, int(cal.rth_close[row] - t0) // 60)
+        gap = slice(0, 0)
+        if cal.brk_start[row]:
+            gap = slice(int(cal.brk_start[row] - t0) // 60, int(cal.brk_end[row] - t0) // 60)
         offset = _offsets(cal, row, t0, n)
         local_minute = ((t0 + offset) // 60 + np.arange(n)) % 1440
         var_w, vol_w = _profile(inst.sec_type, n, rth, local_minute)
 
         ordinal = FIRST_DAY.toordinal() + row
-        rng = np.random.default_rng([self.seed, inst.con_id, ordinal])
+        rng = np.random.default_rng([self.seed, inst.series_key, ordinal])
         anchor = self._anchor(inst)
         a0, a1 = anchor[row - 1], anchor[row]
         sig = inst.daily_vol * np.sqrt(var_w / var_w.sum())
@@ -533,12 +438,13 @@ class MarketModel:
         cnt = np.rint(v / inst.trade_size * rng.uniform(0.7, 1.3, n)).astype(np.int64)
         cnt = np.clip(cnt, 1, v)
         w = (h + lo + 2.0 * c) / 4.0
-        return _Day(t0=t0, offset=offset, rth=rth, o=o.astype(np.int32), h=h.astype(np.int32),
-                    lo=lo.astype(np.int32), c=c.astype(np.int32), v=v, n=cnt, w=w)
+        return _Day(t0=t0, step=60, offset=offset, rth=rth, gap=gap, o=o.astype(np.int32),
+                    h=h.astype(np.int32), lo=lo.astype(np.int32), c=c.astype(np.int32), v=v,
+                    n=cnt, w=w)
 
     def _seconds_day(self, inst: Instrument, cal: Calendar, row: int) -> _Day:
         """1-second bars of a whole trading date, derived from (and summing to) its minutes."""
-        key = (inst.con_id, int(row))
+        key = (inst.series_key, int(row))
         with self._lock:
             cached = self._seconds.get(key)
             if cached is not None:
@@ -546,7 +452,7 @@ class MarketModel:
                 return cached
         day = self._day(inst, cal, row)
         sec = _derive_seconds(day, np.random.default_rng(
-            [self.seed, inst.con_id, FIRST_DAY.toordinal() + int(row), 1]))
+            [self.seed, inst.series_key, FIRST_DAY.toordinal() + int(row), 1]))
         with self._lock:
             self._seconds[key] = sec
             while len(self._seconds) > 4:
@@ -554,29 +460,34 @@ class MarketModel:
         return sec
 
     # ------------------------------------------------------------------ internals: bars
+    def _span(self, day: _Day, use_rth: bool, head: int, cut: int) -> tuple[int, int]:
+        """Element range of a day: regular or all hours, from the head, up to the clock."""
+        scale = 60 // day.step
+        a, b = (day.rth.start * scale, day.rth.stop * scale) if use_rth else (0, len(day))
+        a = max(a, min(b, -(-(head - day.t0) // day.step)))   # history starts at the head
+        b = min(b, (cut - day.t0) // day.step)                 # complete elements only
+        return a, b
+
     def _series(self, inst: Instrument, cal: Calendar, rows: np.ndarray, use_rth: bool,
-                seconds: bool, window: tuple[int, int] | None = None) -> _Series:
+                seconds: bool, cut: int, window: tuple[int, int] | None = None) -> _Series:
         head = self._head_epoch(inst, cal)
         parts = []
-        step = 1 if seconds else 60
         for k, row in enumerate(rows):
             day = self._seconds_day(inst, cal, row) if seconds else self._day(inst, cal, row)
-            a, b = (day.rth.start * 60 // step, day.rth.stop * 60 // step) if use_rth \
-                else (0, len(day))
+            a, b = self._span(day, use_rth, head, cut)
             if window is not None:
                 # Sub-minute bars never straddle a minute, so trimming to whole minutes
                 # around [s, e) keeps every bar that starts inside the window intact.
                 s, e = window
                 a = max(a, (s - day.t0) // 60 * 60 - 60)
                 b = min(b, (e - day.t0) // 60 * 60 + 120)
-            # History starts at the head: drop earlier elements.
-            a = max(a, min(b, -(-(head - day.t0) // step)))
-            if b <= a:
+            idx = day.served(a, b)
+            if len(idx) == 0:
                 continue
-            t = day.t0 + np.arange(a, b, dtype=np.int64) * step
-            off = day.offset if len(day.offset) == 1 else day.offset[a:b]
-            parts.append((t, t + off, np.full(b - a, k, np.int32), day.o[a:b], day.h[a:b],
-                          day.lo[a:b], day.c[a:b], day.v[a:b], day.n[a:b], day.w[a:b]))
+            t = day.t0 + idx * day.step
+            off = day.offset if len(day.offset) == 1 else day.offset[idx]
+            parts.append((t, t + off, np.full(len(idx), k, np.int32), day.o[idx], day.h[idx],
+                          day.lo[idx], day.c[idx], day.v[idx], day.n[idx], day.w[idx]))
         if not parts:
             empty_i = np.empty(0, np.int64)
             return _Series(empty_i, empty_i, empty_i, empty_i, empty_i, empty_i, empty_i,
@@ -585,35 +496,43 @@ class MarketModel:
         return _Series(*cols)
 
     def _daily_rows(self, inst: Instrument, cal: Calendar, rows: np.ndarray,
-                    use_rth: bool) -> np.ndarray:
-        """(len(rows), 7) array: o, h, l, c (ticks), volume, count, wap (ticks) per day."""
+                    use_rth: bool, cut: int) -> np.ndarray:
+        """(len(rows), 7) array: o, h, l, c (ticks), volume, count, wap (ticks) per day; the
+        session in progress at ``cut`` aggregates its minutes so far (and is not cached)."""
         head = self._head_epoch(inst, cal)
+        closes = cal.bounds(use_rth)[1]
         out = np.empty((len(rows), 7))
         for k, row in enumerate(rows):
-            key = (inst.con_id, int(row), use_rth)
+            key = (inst.series_key, int(row), use_rth)
+            partial = closes[row] > cut
             with self._lock:
-                cached = self._daily.get(key)
+                cached = None if partial else self._daily.get(key)
             if cached is None:
                 # Daily requests walk far back: don't let them flush the intraday cache.
-                day = self._day(inst, cal, row, store=False)
-                a, b = (day.rth.start, day.rth.stop) if use_rth else (0, len(day))
-                a = max(a, min(b, -(-(head - day.t0) // 60)))
-                v = day.v[a:b]
+                day = self._day(inst, cal, row, store=partial)
+                idx = day.served(*self._span(day, use_rth, head, cut))
+                v = day.v[idx]
                 vs = int(v.sum())
-                cached = np.full(7, np.nan) if b <= a else np.array([
-                    day.o[a], day.h[a:b].max(), day.lo[a:b].min(), day.c[b - 1], vs,
-                    int(day.n[a:b].sum()), float(np.dot(v, day.w[a:b])) / vs])
-                with self._lock:
-                    if len(self._daily) > 500_000:
-                        self._daily.clear()
-                    self._daily[key] = cached
+                cached = np.full(7, np.nan) if len(idx) == 0 else np.array([
+                    day.o[idx[0]], day.h[idx].max(), day.lo[idx].min(), day.c[idx[-1]], vs,
+                    int(day.n[idx].sum()), float(np.dot(v, day.w[idx])) / vs])
+                if not partial:
+                    with self._lock:
+                        if len(self._daily) > 500_000:
+                            self._daily.clear()
+                        self._daily[key] = cached
             out[k] = cached
         return out
 
     def _daily_bars(self, inst: Instrument, cal: Calendar, s: int, e: int, use_rth: bool,
-                    size: str) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        rows = self._limit(inst, cal, cal.closing_in(s, e, use_rth))
-        d = self._daily_rows(inst, cal, rows, use_rth)
+                    size: str, cut: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        opens, closes = cal.bounds(use_rth)
+        rows = cal.closing_in(s, e, use_rth)
+        if e >= cut:  # the session in progress counts, with its minutes so far
+            live = cal.overlapping(cut - 1, cut, use_rth)
+            rows = np.union1d(rows, live[(closes[live] > cut) & (closes[live] > s)])
+        rows = self._limit(inst, cal, rows[opens[rows] < cut])
+        d = self._daily_rows(inst, cal, rows, use_rth, cut)
         present = ~np.isnan(d[:, 0])  # a day can lie wholly before the head
         rows, d = rows[present], d[present]
         ords = rows.astype(np.int64) + FIRST_DAY.toordinal()
@@ -629,19 +548,25 @@ class MarketModel:
             key = days.astype("datetime64[M]").astype(np.int64)
         zeros = np.zeros(len(t), np.int64)
         series = _Series(t, key, zeros, o, h, lo, c, v, n, w)
-        return _group(series, 1)
+        return _group(series, 1, stamp_last=True)
 
 
 # ----------------------------------------------------------------------------------------------
 # Helpers
 
-def _exchange_ok(inst: Instrument, exchange: str) -> bool:
-    if inst.sec_type == "STK":
-        return exchange in ("SMART", inst.primary_exchange) or exchange in \
-            inst.valid_exchanges.split(",")
-    if inst.sec_type == "FUT":
-        return exchange in ("CME", "GLOBEX")
-    return exchange == inst.exchange
+def _front_expiries(root: str, ords: np.ndarray) -> np.ndarray:
+    """Per day ordinal, the expiry ordinal of the chain's front contract that day."""
+    chain = universe.FUTURES[root]
+    expiries = np.array([chain.expiry(y, m).toordinal()
+                         for y, m in _months(chain, FIRST_DAY.year, LAST_DAY.year + 1)])
+    pick = np.minimum(np.searchsorted(expiries, ords), len(expiries) - 1)
+    return expiries[pick]
+
+
+def _months(chain, first_year: int, last_year: int):
+    for year in range(first_year, last_year + 1):
+        for month in sorted(chain.months):
+            yield year, month
 
 
 def _epoch(t: datetime) -> int:
@@ -710,12 +635,17 @@ def _derive_seconds(day: _Day, rng: np.random.Generator) -> _Day:
     sw = mid + adj[:, None]
 
     off = day.offset if len(day.offset) == 1 else np.repeat(day.offset, 60)
-    return _Day(t0=day.t0, offset=off, rth=day.rth, o=so.ravel(), h=sh.ravel(), lo=sl.ravel(),
-                c=sc.ravel(), v=sv.ravel(), n=sn.ravel(), w=sw.ravel())
+    return _Day(t0=day.t0, step=1, offset=off, rth=day.rth,
+                gap=slice(day.gap.start * 60, day.gap.stop * 60), o=so.ravel(), h=sh.ravel(),
+                lo=sl.ravel(), c=sc.ravel(), v=sv.ravel(), n=sn.ravel(), w=sw.ravel())
 
 
-def _group(s: _Series, seconds: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-    """Aggregate base elements into bars: same session and same wall-clock bucket."""
+def _group(s: _Series, seconds: int, stamp_last: bool = False
+           ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """Aggregate base elements into bars: same session and same wall-clock bucket.
+
+    A bar is dated by its first element, or by its last with ``stamp_last`` (weekly and
+    monthly bars carry their last trading date)."""
     if len(s.t) == 0:
         e = np.empty(0, np.int64)
         return e, (e, e, e, e, e, e, np.empty(0))
@@ -731,7 +661,8 @@ def _group(s: _Series, seconds: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]
     vw = np.add.reduceat(s.v * s.w, starts)
     c = s.c[last]
     w = np.divide(vw, v, out=c.astype(np.float64), where=v > 0)
-    return s.t[starts], (s.o[starts], np.maximum.reduceat(s.h, starts),
+    stamps = s.t[last] if stamp_last else s.t[starts]
+    return stamps, (s.o[starts], np.maximum.reduceat(s.h, starts),
                          np.minimum.reduceat(s.lo, starts), c, v,
                          np.add.reduceat(s.n, starts), w)
 

@@ -32,6 +32,7 @@ START_API = 71
 REQ_ACCOUNT_UPDATES_MULTI = 76
 REQ_HEAD_TIMESTAMP = 87
 CANCEL_HEAD_TIMESTAMP = 90
+REQ_HISTORICAL_TICKS = 96
 REQ_COMPLETED_ORDERS = 99
 
 # Server -> client message ids.
@@ -48,6 +49,9 @@ EXECUTION_DATA_END = 55
 POSITION_END = 62
 ACCOUNT_UPDATE_MULTI_END = 74
 HEAD_TIMESTAMP = 88
+HISTORICAL_TICKS = 96
+HISTORICAL_TICKS_BID_ASK = 97
+HISTORICAL_TICKS_LAST = 98
 COMPLETED_ORDERS_END = 102
 
 # Version switches the layouts depend on.
@@ -175,5 +179,5 @@ def read_contract(reader: FieldReader) -> dict:
     contract.update(exchange=reader.text(), primary_exchange=reader.text(),
                     currency=reader.text(), local_symbol=reader.text())
     reader.text()  # tradingClass
-    reader.bool()  # includeExpired
+    contract["include_expired"] = reader.bool()
     return contract

@@ -25,10 +25,12 @@ def ib(open_gateway):
 
 
 def model_bars(gw: SimGateway, contract_symbol: str, sec_type: str, bar_size: str,
-               end: datetime, duration_s: int, what: str = "TRADES", use_rth: bool = True):
+               end: datetime, duration: str, what: str = "TRADES", use_rth: bool = True):
+    """The bars the model holds for a request (N D counted in trading days, as IB does)."""
     inst = [i for i in gw.market.instruments
             if i.symbol == contract_symbol and i.sec_type == sec_type][0]
-    return gw.market.bars(inst, bar_size, end - timedelta(seconds=duration_s), end, use_rth, what)
+    start = gw.market.range_start(inst, end, duration, use_rth)
+    return gw.market.bars(inst, bar_size, start, end, use_rth, what)
 
 
 def test_connect_reports_account_and_time(ib, open_gateway):
@@ -67,16 +69,16 @@ def test_unknown_symbol_is_error_200(ib):
     assert err.value.code == 200
 
 
-@pytest.mark.parametrize("bar_size, duration, seconds", [
-    ("1 min", "1 D", 86400), ("5 mins", "2 D", 2 * 86400), ("1 hour", "1 W", 7 * 86400),
-    ("30 secs", "3600 S", 3600),
+@pytest.mark.parametrize("bar_size, duration, count", [
+    ("1 min", "1 D", 330), ("5 mins", "2 D", 78 + 66), ("1 hour", "1 W", 1 + 7 * 4 + 6),
+    ("30 secs", "3600 S", 120),
 ])
-def test_intraday_bars_match_model_format2(ib, open_gateway, bar_size, duration, seconds):
+def test_intraday_bars_match_model_format2(ib, open_gateway, bar_size, duration, count):
     end = NOW - timedelta(hours=2)  # inside the regular session
     bars = ib.reqHistoricalData(Stock("AAPL", "SMART", "USD"), end, duration, bar_size,
                                 "TRADES", True, 2)
-    expected = model_bars(open_gateway, "AAPL", "STK", bar_size, end, seconds)
-    assert len(bars) == len(expected) > 0
+    expected = model_bars(open_gateway, "AAPL", "STK", bar_size, end, duration)
+    assert len(bars) == len(expected) == count  # "N D": trading days; "W": 7 x 24 h
     assert [int(b.date.timestamp()) for b in bars] == expected.time.tolist()
     np.testing.assert_array_equal([b.close for b in bars], expected.close)
     np.testing.assert_array_equal([b.high for b in bars], expected.high)
