@@ -510,14 +510,19 @@ class DataManager:
         last = labels[-1].to_pydatetime() if len(labels) else None
         limit = job.cutoff if is_daily_or_longer(job.timeframe) else now
         end_eff = min(end or limit, limit)
+        reported_head = head
+        if head is not None and is_daily_or_longer(job.timeframe):
+            head = _label_of(head, job.timeframe, job.calendar.zone)
         if mode == "tail":
             if last is not None:
-                if start is not None and first is not None and start < first:
+                if start is not None and first is not None and start < first and \
+                        missing_ranges(job.calendar, job.timeframe, max(start, head or start),
+                                       first, now, job.stored.frame.index, job.stored.fetched):
                     raise InvalidRangeError(
                         f"tail mode fetches from the last stored bar ({last:%Y-%m-%d %H:%M}); "
-                        f"start {start:%Y-%m-%d %H:%M} is before the first stored bar "
-                        f"({first:%Y-%m-%d %H:%M}): use mode 'full' (or 'backfill') to fill "
-                        f"from there")
+                        f"bars between start {start:%Y-%m-%d %H:%M} and the first stored bar "
+                        f"({first:%Y-%m-%d %H:%M}) are missing: use mode 'full' (or "
+                        f"'backfill') to fill from there")
                 begin = last
             else:
                 begin = start or now - TAIL_DEFAULT
@@ -528,8 +533,8 @@ class DataManager:
                 end_eff = min(end_eff, first)
         if head is not None and begin < head:
             log.warning("%s %s: start %s is before the first available data (%s); starting "
-                        "there", job.symbol, job.timeframe, begin, head)
-            job.report.clamped_start = head
+                        "there", job.symbol, job.timeframe, begin, reported_head)
+            job.report.clamped_start = reported_head
             begin = head
         job.want_start = max(start, head) if start and head else start
         job.want_end = end
@@ -711,6 +716,14 @@ def _check_range(start: datetime | None, end: datetime | None) -> None:
     if start is not None and end is not None and end <= start:
         raise InvalidRangeError(f"end {end:%Y-%m-%d %H:%M} is not after start "
                                 f"{start:%Y-%m-%d %H:%M}; give an end date later than the start")
+
+
+def _label_of(moment: datetime, timeframe: str, zone: Any) -> datetime:
+    """The label (``timeframes.bar_labels``) of the period holding ``moment``."""
+    label = bar_labels(pd.DatetimeIndex([moment]), timeframe, zone)[0].to_pydatetime()
+    if timeframe == "1w":
+        label -= timedelta(days=label.weekday())
+    return label
 
 
 def _job_zone(job: _Job) -> str:

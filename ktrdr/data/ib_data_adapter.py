@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -223,7 +224,7 @@ def bars_to_frame(table: pa.Table, timeframe: str = "1h", zone: str = "UTC") -> 
         # farm delivers it: 00:00 UTC of that date
         days = index.tz_localize(None).normalize()
         if normalize_timeframe(timeframe) == "1w":
-            days = days - pd.to_timedelta(days.dayofweek, unit="D")
+            days = days - pd.to_timedelta(np.asarray(days.day_of_week), unit="D")
         index = label_stamps(days, zone)
     frame.index = index.as_unit("ns")
     frame.index.name = "timestamp"

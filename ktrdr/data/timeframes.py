@@ -64,7 +64,7 @@ _NATURAL = {"week": "1 W", "month": "1 M", "year": "1 Y", "52weeks": "52 W"}
 _MAX_DAYS = {"day": 1, "week": 7, "month": 31, "year": 365, "52weeks": 364}
 #: Most bars one request should hold (IB's own guide says about 2,000; IB's answer time grows
 #: faster than the bar count).
-MAX_BARS = 2000
+MAX_BARS = 1950
 #: A Monday: the origin of the week grids.
 _MONDAY = datetime(1970, 1, 5, tzinfo=UTC)
 

@@ -12,7 +12,6 @@ import pandas as pd
 from ktrdr.data.data_manager import DataManager
 from ktrdr.data.external_data_interface import ContractInfo, ExternalDataProvider
 from ktrdr.data.gaps import SessionCalendar, missing_ranges
-from ktrdr.data.ib_data_adapter import parse_closed_days
 from ktrdr.data.timeframes import as_utc
 
 UTC = timezone.utc
@@ -26,13 +25,18 @@ FX_HOURS = ("20240630:1715-20240701:1700;20240701:1715-20240702:1700;"
             "20240704:1715-20240705:1700;20240706:CLOSED;20240707:CLOSED")
 
 
-def info(hours: str, kind: str = "stock") -> ContractInfo:
-    from ibfarm.contracts import parse_trading_hours
+def info(hours: str, kind: str = "stock", exchange: str | None = None,
+         zone: str = "America/New_York") -> ContractInfo:
+    """Contract information as the IB adapter builds it from contract details."""
+    from ibfarm.contracts import parse_hours
 
-    sessions = tuple((int(a.timestamp()), int(b.timestamp()))
-                     for a, b in parse_trading_hours(hours, "America/New_York"))
-    return ContractInfo("X", kind, time_zone="America/New_York", liquid_hours=hours,
-                        sessions=sessions, closed_days=parse_closed_days(hours))
+    exchange = exchange or ("IDEALPRO" if kind == "forex" else "NYSE")
+    parsed = parse_hours(hours, zone, exchange)
+    sessions = tuple((int(s.start.timestamp()), int(s.end.timestamp()),
+                      s.trading_date.isoformat()) for s in parsed.sessions)
+    return ContractInfo("X", kind, exchange=exchange, time_zone=parsed.zone,
+                        liquid_hours=hours, sessions=sessions,
+                        closed_days=tuple(d.isoformat() for d in parsed.closed))
 
 
 def utc(*args) -> datetime:
