@@ -259,7 +259,20 @@ def segments(timeframe: str, start: datetime, end: datetime,
         piece_start, piece_end = max(cell, start), min(cell_end, end)
         if piece_start == cell and piece_end == cell_end and grid in _NATURAL:
             out.append(Segment(cell, cell_end, _NATURAL[grid]))
-        elif piece_start < piece_end:
+        elif piece_start < piece_end and (calendar is None or _trades(timeframe, piece_start,
+                                                                      piece_end, calendar)):
             out.append(part(piece_start, piece_end))
         cell = cell_end
     return out
+
+
+def _trades(timeframe: str, start: datetime, end: datetime, calendar: TradingDays) -> bool:
+    """Whether any session (daily: any trading date) falls in ``[start, end)``: a piece with
+    none is not asked for."""
+    last = (end - timedelta(microseconds=1)).date()
+    if is_daily_or_longer(timeframe):
+        return bool(calendar.trading_dates(start.date(), last))
+    s, e = int(start.timestamp()), int(end.timestamp())
+    return any(o < e and c > s for d in calendar.trading_dates(start.date() - timedelta(days=1),
+                                                               last + timedelta(days=1))
+               for o, c in calendar.day_sessions(d))

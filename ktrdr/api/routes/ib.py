@@ -111,7 +111,7 @@ async def symbol_info(
         description=info.description, min_tick=float(min_tick) if min_tick else None,
         last_trade_date=str(extra.get("last_trade_date") or ""), time_zone=info.time_zone,
         trading_hours=info.trading_hours, liquid_hours=info.liquid_hours,
-        sessions=[Session(start=_utc(a), end=_utc(b)) for a, b in info.sessions],
+        sessions=[Session(start=_utc(a), end=_utc(b)) for a, b, _ in info.sessions],
         closed_days=list(info.closed_days), head_timestamp=head)
     if len(svc.symbols) > 1000:
         svc.symbols.clear()
