@@ -16,7 +16,14 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 app = typer.Typer(help="ktrdr: historical market data, fetched once and stored locally.",
@@ -138,9 +145,11 @@ def farm_table(status: dict) -> Table:
 
 def run_backfill(manager: Any, symbols: list[str], timeframe: str, start: str | None,
                  end: str | None, instrument_type: str | None = None) -> list:
-    """``manager.backfill`` with a progress bar per symbol."""
+    """``manager.backfill`` with a progress bar per symbol (requests landed of planned, rows,
+    time so far and left; updated as each request lands)."""
     columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rows]:>8} rows"), TimeElapsedColumn())
+               TextColumn("{task.fields[rows]:>8} rows"), TimeElapsedColumn(),
+               TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=False) as bar:
         tasks: dict[str, Any] = {}
 

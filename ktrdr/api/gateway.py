@@ -90,7 +90,9 @@ class GatewayMonitor:
         since = f" since {self._down_since:%Y-%m-%d %H:%M:%S} UTC" if self._down_since else ""
         return ApiError(DataErrorKind.UNAVAILABLE,
                         f"IB Gateway at {self.host}:{self.port} is unreachable{since}"
-                        f" ({self.error or 'no connection'})")
+                        f" ({self.error or 'no connection'})",
+                        hint="wait and retry; check that IB Gateway/TWS is running and logged "
+                             "in")
 
     async def require(self) -> None:
         """Raise the 503 problem if the gateway is unreachable now."""
