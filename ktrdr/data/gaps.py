@@ -166,9 +166,11 @@ class SessionCalendar:
         if self.forex and calendars.fx_closed(day):
             return []
         if self.forex or sched is None:
+            # weekdays trade (a weekday IB listed as closed says nothing about other weeks);
+            # a weekend day only if IB's sample has sessions on it
             template = self.templates.get(day.weekday())
             if template is None:
-                if self.sample or day.weekday() >= 5:
+                if day.weekday() >= 5:
                     return []
                 template = self.common
             return self._on(day, template)

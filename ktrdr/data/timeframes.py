@@ -251,6 +251,8 @@ def segments(timeframe: str, start: datetime, end: datetime,
 
     if 0 < days <= _MAX_DAYS[grid] and not (_cell_start(grid, start) == start
                                              and _cell_end(grid, start) == end):
+        if calendar is not None and not _trades(timeframe, start, end, calendar):
+            return []  # nothing trades there
         return [part(start, end)]  # one request will do
     out: list[Segment] = []
     cell = _cell_start(grid, start)
