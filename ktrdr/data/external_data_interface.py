@@ -242,8 +242,9 @@ class ExternalDataProvider(ABC):
     ``DatetimeIndex`` (the period's start, see ``timeframes``: intraday bars at their open,
     daily bars at midnight of the trading date on the exchange's clock, weekly bars at
     midnight of the week's Monday there) with ``OHLCV_COLUMNS`` (and ``EXTRA_COLUMNS`` where
-    the provider has them), sorted, without duplicates, complete periods only (a bar still
-    in progress at the provider's "now" is left out).
+    the provider has them), sorted, without duplicates. The period still in progress at the
+    provider's "now" may be among them, partial (IB sends it so); ``DataManager`` never
+    stores it.
     """
 
     #: Short name used in errors and in the store's metadata ("IB", "sim", ...).
