@@ -251,7 +251,7 @@ def show(symbol: str, timeframe: str,
         err_console.print(f"nothing stored for {summary['symbol']} {summary['timeframe']} "
                           f"({summary['path']})")
         raise typer.Exit(1)
-    for key in ("symbol", "timeframe", "rows", "start", "end", "source", "gateway",
+    for key in ("symbol", "timeframe", "rows", "start", "end", "time_zone", "source", "gateway",
                 "fetched_at", "path"):
         console.print(f"{key:>10}: {summary[key]}", highlight=False)
     console.print(frame.tail(rows).to_string())
