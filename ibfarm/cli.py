@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import signal
 import threading
-from datetime import datetime, timezone
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Optional
 
 import typer
-
-from ibfarm.pacing import PacingPolicy
 
 app = typer.Typer(help="A connection farm for Interactive Brokers historical data.",
                   no_args_is_help=True, add_completion=False)
@@ -26,57 +26,51 @@ def _root(
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-@app.command()
-def gateway(
-    host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
-    port: int = typer.Option(4002, help="TCP port (0 picks a free one)."),
-    seed: int = typer.Option(0, help="Seed of the market model."),
-    pacing: str = typer.Option("ib", help="Pacing rules to enforce: ib, conservative or off."),
-    pacing_scale: float = typer.Option(1.0, help="Divide every pacing window by this factor."),
-    latency: float = typer.Option(0.0, help="Seconds before each historical answer."),
-    latency_per_bar: float = typer.Option(0.0, help="Extra seconds per bar in an answer."),
-    stall_symbol: list[str] = typer.Option(  # noqa: B008 (typer reads defaults once)
-        [], help="Never answer bars for this symbol."),
-    no_permission_symbol: list[str] = typer.Option(  # noqa: B008
-        [], help="Answer bars for this symbol with 162 'No market data permissions'."),
-    drop_after: int | None = typer.Option(None, help="Drop a connection after N bar requests."),
-    drop_rate: float = typer.Option(0.0, help="Probability a bar request drops its connection."),
-    fault_seed: int = typer.Option(0, help="Seed of the random faults."),
-    now: str | None = typer.Option(None, help="Fixed clock, ISO 8601 (e.g. 2024-06-03T20:00Z)."),
-    hmds_outage_after: float | None = typer.Option(None, help="Start a historical-farm "
-                                                      "outage after this many seconds."),
-    hmds_outage_for: float = typer.Option(5.0, help="Length of that outage in seconds."),
-    stats_port: int | None = typer.Option(None, help="Serve GET /stats as JSON on this port."),
-) -> None:
-    """Run the simulated IB Gateway until interrupted."""
+def gateway(*, stats_port: int | None = None, **flags) -> None:
+    """Run the simulated IB Gateway until interrupted.
+
+    Every ``ibfarm.sim.SimSettings`` field is a flag (``--latency ib --latency-scale 10``,
+    ``--maintenance-after 60 --maintenance-for 30``, ``--poison-symbol XYZ``, ...).
+    """
     from ibfarm.sim import SimGateway
+    from ibfarm.sim.settings import from_cli
 
-    policy = PacingPolicy.preset(pacing)
-    if pacing_scale != 1.0:
-        policy = policy.scaled(pacing_scale)
-    clock = None
-    if now:
-        fixed = datetime.fromisoformat(now.replace("Z", "+00:00"))
-        fixed = fixed if fixed.tzinfo else fixed.replace(tzinfo=timezone.utc)
-
-        def clock() -> datetime:
-            return fixed
-    gw = SimGateway(port, host, seed=seed, pacing=policy, latency=latency,
-                    latency_per_bar=latency_per_bar, stall_symbols=stall_symbol,
-                    no_permission_symbols=no_permission_symbol,
-                    drop_after=drop_after, drop_rate=drop_rate, fault_seed=fault_seed, now=clock)
-    gw.start()
-    typer.echo(f"simulated IB Gateway on {host}:{gw.port} (pacing: {pacing}, x{pacing_scale})")
+    try:
+        settings = from_cli(flags)
+        gw = SimGateway(settings.port, settings.host, settings=settings)
+    except (ValueError, KeyError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        gw.start()
+    except OSError as exc:
+        typer.echo(f"error: cannot listen on {settings.host}:{settings.port}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"simulated IB Gateway on {settings.host}:{gw.port} (pacing: {settings.pacing}, "
+               f"x{settings.pacing_scale}; latency: {settings.latency})")
     if stats_port is not None:
-        server = _serve_stats(gw, host, stats_port)
-        typer.echo(f"stats on http://{host}:{server.server_address[1]}/stats")
-    if hmds_outage_after is not None:
-        threading.Timer(hmds_outage_after, gw.hmds_outage, (hmds_outage_for,)).start()
+        server = _serve_stats(gw, settings.host, stats_port)
+        typer.echo(f"stats on http://{settings.host}:{server.server_address[1]}/stats")
     signal.signal(signal.SIGTERM, lambda *_: gw.stop())
     try:
         gw.serve_forever()
     except KeyboardInterrupt:
         gw.stop()
+
+
+def _gateway_signature() -> inspect.Signature:
+    """The gateway command's flags: one per simulator setting, plus ``--stats-port``."""
+    from ibfarm.sim.settings import cli_parameters
+
+    stats = inspect.Parameter("stats_port", inspect.Parameter.KEYWORD_ONLY,
+                              annotation=Optional[int],  # noqa: UP045 (typer reads it)
+                              default=typer.Option(None, help="Serve GET /stats as JSON on "
+                                                              "this port."))
+    return inspect.Signature([*cli_parameters(), stats])
+
+
+gateway.__signature__ = _gateway_signature()
+app.command()(gateway)
 
 
 @app.command()

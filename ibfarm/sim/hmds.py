@@ -94,6 +94,11 @@ class TickQuery:
         what, use_rth = reader.text().upper(), reader.bool()
         return cls(req_id, contract, start, end, count, what, use_rth)
 
+    @property
+    def wanted(self) -> int:
+        """How many ticks IB returns: the count asked for, at most ``MAX_TICKS``."""
+        return min(max(self.count, 1), MAX_TICKS)
+
 
 def available_from(inst: Instrument, bar_seconds: int, now: datetime) -> datetime | None:
     """The earliest moment IB still has data of this kind for ``inst``, or None for none.

@@ -167,7 +167,7 @@ class Session:
                 pass
         log.debug("message %d from client %s is not served", msg_id, self.client_id)
         self._count("not_served")
-        self.error(req_id, 321, t.NOT_SERVED.format(msg_id))
+        self.error(req_id, 322, t.NOT_SERVED.format(msg_id))
 
     def _malformed(self, detail: str) -> None:
         self.error(-1, 320, t.PARSE_ERROR.format(detail))
@@ -485,7 +485,8 @@ class Session:
 
     # ----------------------------------------------------------------- historical ticks
     def _historical_ticks(self, reader: p.FieldReader) -> None:
-        """Up to 1000 ticks from the 1-second bars (one trade or quote per second)."""
+        """Up to 1000 ticks from the 1-second bars (one trade or quote per second), from
+        ``startDateTime`` forward or back from ``endDateTime`` (exactly one is given)."""
         q = hmds.TickQuery.parse(reader)
         self._count("historical_ticks")
         if self._poisoned(q.contract):
@@ -495,8 +496,6 @@ class Session:
             return
         if q.what_to_show not in ("TRADES", "MIDPOINT", "BID_ASK"):
             return self.error(q.req_id, 321, t.WHAT_INVALID.format(q.what_to_show))
-        if not 0 < q.count <= hmds.MAX_TICKS:
-            return self.error(q.req_id, 321, t.TICKS_TOO_MANY)
         now = self.house.now()
         zone = self.house.settings.time_zone
         try:
@@ -530,14 +529,16 @@ class Session:
             chunk = self.house.market.bars(inst, "1 secs", lo, hi, q.use_rth, bars_what)
             found.append(chunk)
             if sum(len(c) if bars_what != "TRADES" else int((c.volume > 0).sum())
-                   for c in found) >= q.count:
+                   for c in found) >= q.wanted:
                 break
         self._send_ticks(q, inst, found)
 
     def _send_ticks(self, q: hmds.TickQuery, inst: Instrument, chunks) -> None:
+        """HISTORICAL_TICKS(_BID_ASK, _LAST) with the first or last ``count`` ticks (IB serves
+        at most 1000: a request for more gets 1000)."""
         msg = {"TRADES": p.HISTORICAL_TICKS_LAST, "BID_ASK": p.HISTORICAL_TICKS_BID_ASK}.get(
             q.what_to_show, p.HISTORICAL_TICKS)
-        ticks = hmds.select_ticks(chunks or [], q.what_to_show, q.count,
+        ticks = hmds.select_ticks(chunks or [], q.what_to_show, q.wanted,
                                   from_start=bool(q.start_text.strip()))
         body, count = hmds.ticks_body(ticks, q.what_to_show, inst)
         head = "\0".join((str(msg), str(q.req_id), str(count), "")).encode()

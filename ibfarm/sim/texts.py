@@ -31,7 +31,9 @@ CLIENT_ID_IN_USE = (
     "Unable to connect as the client id is already in use. Retry with a unique client id.")
 RATE_EXCEEDED = "Max rate of messages per second has been exceeded:max={} rec={} (543)"
 PARSE_ERROR = "Error reading request:Message type -1.  Unable to parse data. {}"
-NOT_SERVED = "Error validating request.-'bX' : cause - Message type {} is not supported"
+#: A request the simulator does not serve (sent as 322, which every client library counts as
+#: an error that ends the request, so nothing waits for an answer that never comes).
+NOT_SERVED = "Error processing request:-'bX' : cause - Message type {} is not supported"
 
 # ------------------------------------------------------------------ contracts
 NO_SECURITY = "No security definition has been found for the request"
@@ -73,9 +75,6 @@ NOT_FOUND_366 = "No historical data query found for ticker id:{}"
 #: The pacing-violation suffixes seen (the knob ``pacing_text`` picks one).
 PACING_TEXTS = ("pacing violation", "Historical data request pacing violation",
                 "Too many requests in the last 10 minutes.")
-#: Historical ticks: more than IB's 1000 a request.
-TICKS_TOO_MANY = ("Error validating request.-'bW' : cause - Historical ticks request for more "
-                  "than 1000 ticks is not supported.")
 TICKS_ONE_END = ("Error validating request.-'bW' : cause - Exactly one of start and end "
                  "date/time must be given.")
 

@@ -146,6 +146,7 @@ def test_client_id_in_use(sim, make_farm):
 
 def test_no_data_is_an_empty_result(sim, make_farm):
     farm = make_farm(sim)
-    table = farm.historical_bars(BarRequest("AAPL", "1 hour", "1 D",
-                                            end=NOW - timedelta(days=5))).result(WAIT)  # Sunday
+    # An hour of a Sunday ("1 D" would mean the last trading day, Friday, as at IB).
+    table = farm.historical_bars(BarRequest("AAPL", "1 hour", "3600 S",
+                                            end=NOW - timedelta(days=5))).result(WAIT)
     assert table.num_rows == 0

@@ -62,7 +62,9 @@ def test_slots_held_by_a_sigkilled_worker_come_back(make_gateway, make_farm):
     gateway = make_gateway(pacing=policy, latency=1.0)
     farm = make_farm(gateway, pacing=policy, max_workers=2)
     requests = small_bar_requests(6)
-    futures = [farm.historical_bars(r.__class__(r.symbol, "1 hour", "1 D", end=r.end))
+    # Ends at the session's close: "1 D" is then the whole trading day, 7 hourly bars.
+    futures = [farm.historical_bars(r.__class__(r.symbol, "1 hour", "1 D",
+                                                end=r.end.replace(hour=20, minute=0)))
                for r in requests]
     wait_until(lambda: farm.status()["pacer"]["open"] == 2, what="both slots in use")
     victim = farm.submit(fns.worker_pid).result(WAIT)

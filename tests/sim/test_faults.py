@@ -162,3 +162,61 @@ def test_stopped_gateway_starts_again():
         ib.disconnect()
     finally:
         gw.stop()
+
+
+def test_nul_inside_a_symbol_shifts_the_fields(gateway):
+    """A NUL byte ends a field, so the rest of the request slides by one: a bar request then
+    fails to parse (320, and the gateway closes the connection, as IB does); a contract
+    details request still parses and finds nothing (200, the connection stays)."""
+    c = RawClient(gateway.port)
+    c.send(*bar_request(1, symbol="AA\0PL", bar="1 hour", duration="1 D"))
+    seen = c.drain()   # until the gateway closes
+    assert [f[3] for f in seen if f[0] == "4" and f[2] == "-1"][-1] == "320"
+    c.close()
+    c = RawClient(gateway.port, client_id=2)
+    c.send(9, 8, 5, 0, "AA\0PL", "STK", "", "0.0", "", "", "SMART", "", "USD", "", "", 0, "",
+           "", "")
+    fields = c.read_until("4")
+    while fields[2] != "5":
+        fields = c.read_until("4")
+    assert fields[3] == "200"
+    c.send(49, 1)
+    assert c.read_until("49") is not None   # still connected
+    c.close()
+
+
+def test_gateway_command_takes_every_setting_as_a_flag(tmp_path):
+    import dataclasses
+    import re
+    import subprocess
+    import sys
+
+    from ibfarm.sim.settings import SimSettings
+
+    def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "ibfarm.cli", "gateway", *args],
+                              capture_output=True, text=True, timeout=timeout,
+                              env={"COLUMNS": "200", "PATH": ""})
+
+    helped = run("--help").stdout
+    for f in dataclasses.fields(SimSettings):
+        flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
+        assert flag in helped, flag
+    bad = run("--port", "0", "--latency", "soon")
+    assert bad.returncode == 2 and "latency must be seconds or 'ib'" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "ibfarm.cli", "gateway", "--port", "0",
+                             "--latency", "ib", "--latency-scale", "1000", "--now",
+                             "2024-06-07T21:00Z", "--poison-symbol", "NVDA"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        port = int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))
+        c = RawClient(port)
+        c.send(*bar_request(1, bar="1 hour", duration="1 D"))
+        assert answer(c, 1)[0] == "bars"
+        c.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stdout.close()

@@ -6,52 +6,10 @@ import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from ibapi.client import EClient
 from ibapi.contract import Contract
-from ibapi.wrapper import EWrapper
 
 from tests.conftest import NOW
-
-
-class Recorder(EWrapper, EClient):
-    """Collects callbacks per request id; each request ends in an Event."""
-
-    def __init__(self) -> None:
-        EWrapper.__init__(self)
-        EClient.__init__(self, wrapper=self)
-        self.ready = threading.Event()
-        self.done: dict[int, threading.Event] = {}
-        self.rows: dict[int, list] = {}
-        self.errors: dict[int, list[tuple[int, str]]] = {}
-
-    def expect(self, req_id: int) -> threading.Event:
-        self.rows[req_id] = []
-        self.done[req_id] = threading.Event()
-        return self.done[req_id]
-
-    def nextValidId(self, orderId: int) -> None:  # noqa: N802,N803 (ibapi's names)
-        self.ready.set()
-
-    def error(self, reqId, errorTime, errorCode, errorString, advancedOrderRejectJson=""):  # noqa: N803
-        self.errors.setdefault(reqId, []).append((errorCode, errorString))
-        if reqId in self.done and errorCode < 2100:
-            self.done[reqId].set()
-
-    def contractDetails(self, reqId, contractDetails):  # noqa: N802,N803
-        self.rows[reqId].append(contractDetails)
-
-    def contractDetailsEnd(self, reqId):  # noqa: N802,N803
-        self.done[reqId].set()
-
-    def historicalData(self, reqId, bar):  # noqa: N802,N803
-        self.rows[reqId].append(bar)
-
-    def historicalDataEnd(self, reqId, start, end):  # noqa: N802,N803
-        self.done[reqId].set()
-
-    def headTimestamp(self, reqId, headTimestamp):  # noqa: N802,N803
-        self.rows[reqId].append(headTimestamp)
-        self.done[reqId].set()
+from tests.sim.ibapiclient import Recorder
 
 
 @pytest.fixture
