@@ -552,6 +552,7 @@ class DataManager:
                      ) -> None:
         tasks: dict[asyncio.Task, tuple[_Job, datetime, datetime]] = {}
         seen: set[asyncio.Task] = set()
+        finished: asyncio.Queue[asyncio.Task] = asyncio.Queue()
         try:
             for job in jobs:
                 _emit(progress, ProgressEvent(job.symbol, 0, len(job.requests),
@@ -560,14 +561,14 @@ class DataManager:
                 for a, b in job.requests:
                     coro = self.provider.fetch_historical_data(job.symbol, job.timeframe, a, b,
                                                                job.instrument_type)
-                    tasks[asyncio.ensure_future(coro)] = (job, a, b)
-            waiting = set(tasks)
-            while waiting:
-                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    seen.add(task)
-                    job, a, b = tasks[task]
-                    await self._landed(job, task, a, b, progress)
+                    task = asyncio.ensure_future(coro)
+                    task.add_done_callback(finished.put_nowait)
+                    tasks[task] = (job, a, b)
+            for _ in range(len(tasks)):  # in the order they land
+                task = await finished.get()
+                seen.add(task)
+                job, a, b = tasks[task]
+                await self._landed(job, task, a, b, progress)
         except BaseException:
             # cancelled (or failing): stop every request, keep what arrived, save, re-raise
             unfinished = [t for t in tasks if not t.done()]
