@@ -7,7 +7,8 @@ its methods (``farm_status``, ``settings``). It
 * resolves symbols to contracts: ``EUR.USD`` is a forex pair (MIDPOINT bars), ``VOD@LSE`` a
   listing on that exchange (currency, zone, sessions and trading class from IB's contract
   details), anything else a stock, else an index, else a future (the front month; TRADES
-  bars), unless ``instrument_type`` says which;
+  bars; on a futures exchange the future is tried first), unless ``instrument_type`` says
+  which;
 * plans requests on the fixed grid of ``timeframes.segments``, with ``N D`` counted in the
   instrument's trading days (``gaps.SessionCalendar``), and fetches them through the farm::
 
@@ -81,8 +82,13 @@ SEC_TYPES = {"stock": "STK", "forex": "CASH", "future": "FUT", "index": "IND"}
 _TYPE_NAMES = {"stk": "stock", "stock": "stock", "equity": "stock", "cash": "forex",
                "forex": "forex", "fx": "forex", "fut": "future", "future": "future",
                "futures": "future", "ind": "index", "index": "index"}
-#: Tried in this order when the caller does not say what a dot-less symbol is.
+#: Tried in this order when the caller does not say what a dot-less symbol is...
 _GUESS_ORDER = ("stock", "index", "future")
+#: ... and for a listing on an exchange of futures or of indices.
+_EXCHANGE_ORDER = {**dict.fromkeys(("CME", "GLOBEX", "CBOT", "ECBOT", "NYMEX", "COMEX", "CFE",
+                                    "EUREX", "HKFE", "ICEEU", "NYBOT"),
+                                   ("future", "index", "stock")),
+                   "CBOE": ("index", "stock", "future")}
 
 
 @dataclass(frozen=True)
@@ -395,7 +401,8 @@ class IbDataAdapter(ExternalDataProvider):
         if key in self._resolved:
             return self._resolved[key]
         if kind is None:
-            kinds = ("forex",) if "." in parsed.root else _GUESS_ORDER
+            kinds = ("forex",) if "." in parsed.root else \
+                _EXCHANGE_ORDER.get(parsed.exchange or "", _GUESS_ORDER)
         else:
             kinds = (kind,)
         for candidate in kinds:
