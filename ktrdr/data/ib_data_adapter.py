@@ -385,10 +385,15 @@ class IbDataAdapter(ExternalDataProvider):
                contract.currency)
         future = self._lookup(key, lambda: self.farm.contract_details(contract))
         try:
-            return list(await self._await(future, f"contract details of {contract.symbol}",
-                                          shared=True))
+            found = list(await self._await(future, f"contract details of {contract.symbol}",
+                                           shared=True))
         except DataProviderNotFoundError:
-            return []
+            found = []
+        if not found:  # never remembered: IB answers valid symbols so during its maintenance
+            with self._lookups_lock:
+                if self._lookups.get(key) is future:
+                    del self._lookups[key]
+        return found
 
     async def _resolve(self, symbol: str, instrument_type: str | None) -> _Resolved:
         kind = normalize_instrument_type(instrument_type)

@@ -151,3 +151,25 @@ def test_a_backfill_across_a_maintenance_window_completes(tmp_path):
             assert all(manager.cache.contract(s) is not None for s in SYMBOLS)
         finally:
             farm.shutdown(wait=True, cancel_futures=True)
+
+
+def test_a_refusal_during_maintenance_is_not_remembered(tmp_path):
+    with gateways() as make:
+        gw = make(pacing="off")
+        farm = IbFarm(port=gw.port, max_workers=1, pacing="off", request_timeout=30)
+        try:
+            manager = DataManager(tmp_path, IbDataAdapter(farm=farm, source="sim"))
+            wait_until(lambda: run(manager.now_async()) == NOW, what="the farm to connect")
+            gw.maintenance(2.0, refusals=True)  # valid symbols answered with 200
+            [during] = manager.backfill(["IBM"], "1d", START, END)
+            if not during.ok:  # refused (or held until the window ended, then fine)
+                assert manager.cache.contract("IBM") is None
+            wait_until(lambda: not gw.stats().get("maintenance"), timeout=15,
+                       what="the maintenance window to end")
+            [after] = manager.backfill(["IBM"], "1d", START, END)
+            assert after.ok and after.gaps_left == 0, after.error
+            assert manager.cache.contract("IBM").instrument_type == "stock"
+            assert_matches_model(BarStore(tmp_path).read("IBM", "1d").frame,
+                                 model_bars(gw, "IBM", "STK", "1 day", START, END))
+        finally:
+            farm.shutdown(wait=True, cancel_futures=True)
