@@ -59,7 +59,6 @@ from ktrdr.data.store import BarStore, StoredBars, merge_ranges
 from ktrdr.data.symbol_cache import SymbolCache
 from ktrdr.data.symbols import normalize_symbol
 from ktrdr.data.timeframes import (
-    TIMEFRAME_SECONDS,
     as_utc,
     bar_labels,
     is_daily_or_longer,
@@ -409,7 +408,7 @@ class DataManager:
                 start = start.to_pydatetime()
             else:
                 start = now - TAIL_DEFAULT
-        end = min(end or now, now) if not is_daily_or_longer(timeframe) else (end or now)
+        end = end or now
         return missing_ranges(calendar, timeframe, start, end, now, stored.frame.index,
                               stored.fetched, align=False)
 
@@ -508,8 +507,7 @@ class DataManager:
         labels = bar_labels(job.stored.frame.index, job.timeframe, job.calendar.zone)
         first = labels[0].to_pydatetime() if len(labels) else None
         last = labels[-1].to_pydatetime() if len(labels) else None
-        limit = job.cutoff if is_daily_or_longer(job.timeframe) else now
-        end_eff = min(end or limit, limit)
+        end_eff = min(end or job.cutoff, job.cutoff)
         reported_head = head
         if head is not None and is_daily_or_longer(job.timeframe):
             head = _label_of(head, job.timeframe, job.calendar.zone)
@@ -689,12 +687,7 @@ def _complete(frame: pd.DataFrame, timeframe: str, calendar: SessionCalendar,
     (``cutoff``: ``calendar.complete_before``)."""
     if frame.empty:
         return frame
-    if is_daily_or_longer(timeframe):
-        keep = bar_labels(frame.index, timeframe, calendar.zone) < cutoff
-    else:
-        length = pd.Timedelta(seconds=TIMEFRAME_SECONDS[timeframe])
-        keep = frame.index + length <= pd.Timestamp(cutoff)
-    return frame[keep]
+    return frame[bar_labels(frame.index, timeframe, calendar.zone) < cutoff]
 
 
 def _merge(old: pd.DataFrame, new: list[pd.DataFrame]) -> pd.DataFrame:

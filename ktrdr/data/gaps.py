@@ -246,14 +246,17 @@ class SessionCalendar:
     # ----------------------------------------------------------------- "now"
 
     def complete_before(self, timeframe: str, now: datetime) -> datetime:
-        """Where complete periods end at ``now``: ``now`` itself for intraday bars (a bar is
-        complete once its end has passed); for daily (weekly) bars the label of the first
-        trading date (week) whose last session has not closed by ``now``."""
+        """Where complete bars end at ``now`` (bars starting at or after it are still in
+        progress): for intraday bars the start of the bar in progress when a session runs
+        (bars start at the session's open and at every multiple of their length on the
+        exchange's wall clock, as IB cuts them), else ``now``; for daily (weekly) bars the
+        label of the first trading date (week) whose last session has not closed by ``now``.
+        """
         timeframe = normalize_timeframe(timeframe)
         now = as_utc(now)
-        if not is_daily_or_longer(timeframe):
-            return now
         stamp = int(now.timestamp())
+        if not is_daily_or_longer(timeframe):
+            return self._bar_in_progress(timeframe, now) or now
         day = now.astimezone(self.zone).date() - timedelta(days=3)
         for _ in range(60):
             pieces = self.day_sessions(day)
@@ -264,6 +267,22 @@ class SessionCalendar:
             monday = day - timedelta(days=day.weekday())
             return datetime.fromtimestamp(_label_epoch(monday), UTC)
         return datetime.fromtimestamp(_label_epoch(day), UTC)
+
+    def _bar_in_progress(self, timeframe: str, now: datetime) -> datetime | None:
+        """Start of the intraday bar in progress at ``now``, or None outside sessions."""
+        stamp = int(now.timestamp())
+        local = now.astimezone(self.zone)
+        for day in (local.date() - timedelta(days=1), local.date(), local.date() +
+                    timedelta(days=1)):
+            for o, c in self.day_sessions(day):
+                if o <= stamp < c:
+                    wall = local.replace(tzinfo=None)
+                    midnight = wall.replace(hour=0, minute=0, second=0, microsecond=0)
+                    length = TIMEFRAME_SECONDS[timeframe]
+                    step = int((wall - midnight).total_seconds()) // length * length
+                    floor = (midnight + timedelta(seconds=step)).replace(tzinfo=self.zone)
+                    return datetime.fromtimestamp(max(o, int(floor.timestamp())), UTC)
+        return None
 
     def bars_per_day(self, timeframe: str) -> float:
         """Bars of ``timeframe`` in a usual trading date (for sizing requests)."""
@@ -331,6 +350,9 @@ def _missing(calendar: SessionCalendar, timeframe: str, start: datetime, end: da
     covered = np.zeros(len(units), bool)
     for a, b in fetched:
         covered |= ((a <= units.open) & (units.open < b)) if daily else ((a <= lo) & (hi <= b))
+        if not daily:  # a session fetched part of the way: only the rest is missing
+            part = (a <= lo) & (lo < b) & (b < hi)
+            lo = np.where(part, b, lo)
     labels = bar_labels(index, timeframe, calendar.zone) if len(index) else None
     with_bars = np.zeros(len(units), bool)
     if labels is not None:
@@ -340,6 +362,7 @@ def _missing(calendar: SessionCalendar, timeframe: str, start: datetime, end: da
         with_bars = (pos < len(stamps)) & (nxt < units.close)
         if not daily:  # the session of the last stored bar may have been fetched half-way
             with_bars &= units.close <= stamps[-1]
+    units = Sessions(lo, units.close, units.days) if not daily else units
     return units, ~(covered | with_bars), s, e
 
 

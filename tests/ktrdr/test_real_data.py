@@ -61,10 +61,15 @@ def test_gaps_right_after_a_forex_load_are_empty(manager, clock):
     assert frame.attrs["gaps_left"] == 0
     assert frame.index[-1] == pd.Timestamp("2024-06-12 14:00", tz=UTC)  # 15:00 is partial
     assert manager.find_gaps("EUR.USD", "1h") == []
-    # an hour later one new bar is due: the gap is that hour, not whole days
+    # minutes later no bar has completed: still nothing missing
+    clock.now = utc(2024, 6, 12, 15, 59)
+    assert manager.find_gaps("EUR.USD", "1h") == []
+    # an hour later one new bar is complete: the gap is that bar, not the whole session
     clock.now = utc(2024, 6, 12, 16, 37)
-    [(a, b)] = manager.find_gaps("EUR.USD", "1h")
-    assert b == clock.now and b - a < timedelta(days=1)
+    assert manager.find_gaps("EUR.USD", "1h") == [(utc(2024, 6, 12, 15), utc(2024, 6, 12, 16))]
+    frame = manager.load_data("EUR.USD", "1h", "2024-06-03", mode="tail")
+    assert frame.index[-1] == pd.Timestamp("2024-06-12 15:00", tz=UTC)
+    assert manager.find_gaps("EUR.USD", "1h") == []
 
 
 # ------------------------------------------------------------------------- weekly bars
