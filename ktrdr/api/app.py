@@ -1,9 +1,10 @@
 """The FastAPI application: one farm, one DataManager, shared by every request.
 
 ``create_app(settings)`` builds the app; its lifespan starts (optionally) an embedded
-simulated gateway, the ``IbFarm``, the ``IbDataAdapter`` over it, the ``DataManager``, the
-gateway monitor and the operations registry, and shuts them down in reverse order. Requests
-reach them through ``Services`` (``request.app.state.services``); nothing connects per request.
+simulated gateway, the ``IbDataAdapter`` with its farm (the API reaches IB only through the
+adapter: ``farm_status()``, ``settings()``), the ``DataManager``, the gateway monitor and the
+operations registry, and shuts them down in reverse order. Requests reach them through
+``Services`` (``request.app.state.services``); nothing connects per request.
 """
 
 from __future__ import annotations
