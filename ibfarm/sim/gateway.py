@@ -203,9 +203,8 @@ class SimGateway:
         ``maintenance_refusals`` setting) valid symbols get a spurious 200 "No security
         definition has been found for the request".
         """
-        if refusals is not None:
-            self.maintenance_refusals = refusals
-        self._call(self._begin_maintenance, duration)
+        refusing = self.maintenance_refusals if refusals is None else refusals
+        self._call(self._begin_maintenance, duration, refusing)
 
     def stall_next(self, count: int = 1) -> None:
         """Leave the next ``count`` historical requests unanswered."""
@@ -240,7 +239,8 @@ class SimGateway:
         if s.hmds_outage_after is not None:
             loop.call_later(s.hmds_outage_after, self._begin_outage, s.hmds_outage_for)
         if s.maintenance_after is not None:
-            loop.call_later(s.maintenance_after, self._begin_maintenance, s.maintenance_for)
+            loop.call_later(s.maintenance_after, self._begin_maintenance, s.maintenance_for,
+                            s.maintenance_refusals)
         if s.restart_after is not None:
             loop.call_later(s.restart_after, lambda: loop.create_task(
                 self._restart(s.restart_for, s.client_id_hold)))
@@ -289,14 +289,15 @@ class SimGateway:
             house.broadcast(code, t.CONNECTIVITY[code])
         asyncio.get_running_loop().call_later(duration, end)
 
-    def _begin_maintenance(self, duration: float) -> None:
+    def _begin_maintenance(self, duration: float, refusing: bool) -> None:
         house = self._house
         house.maintenance = True
+        house.refusing = refusing
         house.ib_up.clear()
         house.broadcast(1100, t.CONNECTIVITY[1100])
 
         def end() -> None:
-            house.maintenance = False
+            house.maintenance = house.refusing = False
             house.ib_up.set()   # held requests are answered now: data maintained
             house.broadcast(1102, t.CONNECTIVITY[1102])
         asyncio.get_running_loop().call_later(duration, end)

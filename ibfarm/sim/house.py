@@ -85,6 +85,7 @@ class House:
         self.stall_next = 0
         self.hmds_down = False
         self.maintenance = False
+        self.refusing = False        # a maintenance window answering valid symbols with 200
         self.generation = 0          # bumped when connectivity returns with data lost (1101)
         self.ib_up: asyncio.Event | None = None  # cleared while IB is unreachable
         self.hmds_slots: asyncio.Semaphore | None = None

@@ -313,11 +313,6 @@ def third_friday(year: int, month: int) -> date:
     return FUTURES["ES"].expiry(year, month)
 
 
-def es_contract(year: int, month: int) -> Instrument:
-    """The ES future expiring in ``year``/``month`` (a quarterly month)."""
-    return FUTURES["ES"].contract(year, month)
-
-
 # ----------------------------------------------------------------------------------------------
 # Resolution
 

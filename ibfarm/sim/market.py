@@ -38,9 +38,10 @@ Model, from slow to fast:
   the instrument's zone, never across trading dates, and are dated by their first element (so
   the first 1-hour regular-hours stock bar starts 09:30). Daily bars aggregate one session's
   minutes (regular or all hours) and are dated by the trading date; weekly/monthly bars
-  aggregate daily bars per ISO week / calendar month and are dated by the **last** trading
-  date in them (Friday; Thursday before a Friday holiday; the latest day so far for the
-  period in progress), as IB dates them. MIDPOINT is the trade path, BID/ASK are shifted by
+  aggregate daily bars per ISO week / calendar month (whole periods, even when the range
+  starts inside one) and are dated by the **last** trading date in them (Friday; Thursday
+  before a Friday holiday; the latest day so far for the period in progress), as IB dates
+  them. MIDPOINT is the trade path, BID/ASK are shifted by
   ``half_spread_ticks``.
 * **Durations.** ``N D`` is the last N trading days up to the end (IB's meaning), S, W, M and
   Y are calendar spans (``range_start``).
@@ -286,7 +287,8 @@ class MarketModel:
         Intraday: bars whose (session-clipped) start lies in ``[start, end)``. Daily and
         longer: trading days whose session closes in ``(start, end]``, plus the session in
         progress when ``end`` is at or after now; weekly/monthly bars aggregate those per ISO
-        week or calendar month.
+        week or calendar month, each period whole from its first trading day (only the end of
+        the range, or now, cuts one short).
 
         Raises:
             ValueError: not one of IB's bar sizes, or ``what_to_show`` not available.
@@ -531,7 +533,16 @@ class MarketModel:
         if e >= cut:  # the session in progress counts, with its minutes so far
             live = cal.overlapping(cut - 1, cut, use_rth)
             rows = np.union1d(rows, live[(closes[live] > cut) & (closes[live] > s)])
-        rows = self._limit(inst, cal, rows[opens[rows] < cut])
+        rows = rows[opens[rows] < cut]
+        if size != "1 day" and len(rows):
+            # Weeks and months are whole periods: the first one starts at its first trading
+            # day even when the range starts later (only the end, or now, cuts a period).
+            first = cal.day(rows[0])
+            begin = first - timedelta(days=first.weekday()) if size == "1 week" \
+                else first.replace(day=1)
+            lo = cal.index(begin)
+            rows = np.concatenate([np.flatnonzero(cal.trading[lo:rows[0]]) + lo, rows])
+        rows = self._limit(inst, cal, rows)
         d = self._daily_rows(inst, cal, rows, use_rth, cut)
         present = ~np.isnan(d[:, 0])  # a day can lie wholly before the head
         rows, d = rows[present], d[present]

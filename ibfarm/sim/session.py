@@ -253,7 +253,7 @@ class Session:
             return
         found = self.house.market.resolve(**_resolve_args(contract))
         if self.house.maintenance:
-            if self.house.settings.maintenance_refusals or not found:
+            if self.house.refusing or not found:
                 self.error(req_id, 200, t.NO_SECURITY)
                 return
             self._later(self._contract_answer(req_id, found))
@@ -279,7 +279,7 @@ class Session:
         task.add_done_callback(lambda _t: self.historical.pop(key, None))
 
     def _resolve_one(self, req_id: int, contract: dict) -> Instrument | None:
-        if self.house.maintenance and self.house.settings.maintenance_refusals:
+        if self.house.refusing:
             self.error(req_id, 200, t.NO_SECURITY)
             return None
         found = self.house.market.resolve(**_resolve_args(contract))

@@ -511,3 +511,17 @@ def test_poison_symbol_drops_only_the_connection_that_asks():
         assert gw.stats()["poisoned"] == 1
         bystander.disconnect()
         victim.disconnect()
+
+
+def test_19_a_farm_finishes_its_work_after_a_maintenance_window():
+    from ibfarm import BarRequest, IbFarm
+
+    with gateways() as make:
+        gw = make(now=lambda: SUNDAY, pacing="off")
+        with IbFarm(host="127.0.0.1", port=gw.port, max_workers=1, pacing="off") as farm:
+            assert farm.historical_bars(BarRequest("AAPL", "1 hour", "1 D")).result(60)
+            gw.maintenance(1.0)
+            futures = [farm.historical_bars(BarRequest(s, "1 hour", "1 D"))
+                       for s in ("AAPL", "MSFT", "IBM")]
+            assert [f.result(60).num_rows for f in futures] == [7, 7, 7]
+        assert gw.stats()["errors_sent"].get(1102) == 1

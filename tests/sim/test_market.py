@@ -208,6 +208,18 @@ def test_weekly_monthly_aggregate_daily(model: MarketModel, aapl: Instrument) ->
         date(2024, 1, 31), date(2024, 2, 29), date(2024, 3, 28)]
 
 
+def test_weeks_and_months_are_whole_whatever_the_range_start(model: MarketModel,
+                                                            aapl: Instrument) -> None:
+    end = utc(2024, 7, 1)
+    whole = model.bars(aapl, "1 week", utc(2024, 5, 27), end, True, "TRADES")
+    cut = model.bars(aapl, "1 week", utc(2024, 5, 30), end, True, "TRADES")   # a Thursday
+    for f in ("time", "open", "high", "low", "close", "volume", "count", "wap"):
+        np.testing.assert_array_equal(getattr(cut, f), getattr(whole, f))
+    months = model.bars(aapl, "1 month", utc(2024, 5, 20), end, True, "TRADES")
+    may = model.bars(aapl, "1 day", utc(2024, 5, 1), utc(2024, 6, 1), True, "TRADES")
+    assert months.open[0] == may.open[0] and months.volume[0] == may.volume.sum()
+
+
 def test_seconds_aggregate_to_5_secs_and_minutes(model: MarketModel, aapl: Instrument,
                                                  esz6: Instrument) -> None:
     for inst, start in ((aapl, utc(2024, 11, 26, 14, 40)), (esz6, utc(2025, 3, 4, 2, 10))):
