@@ -33,7 +33,8 @@ from benchmarks.baselines.thread_pool import IbConnectionPool
 from ibfarm import BarRequest, FarmConfig, IbFarm, make_contract
 from ibfarm.backend import IB, RequestError, util
 from ibfarm.bars import bar_seconds, normalize_bar_size
-from ibfarm.pacing import PacedRequest, PacingPolicy, SharedPacer
+from ibfarm.pacer import SharedPacer
+from ibfarm.pacing import PacedRequest, PacingPolicy
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ One module owns the vocabulary that the farm, the simulated gateway and ktrdr sh
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -146,6 +147,24 @@ def duration_allowed(bar_size: str, duration: str) -> bool:
     return duration_problem(bar_size, duration) is None
 
 
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_wire_text(value: object, field: str) -> str:
+    """``value`` if IB's wire protocol can carry it, else ``ValueError`` naming ``field``.
+
+    Fields travel NUL-separated, so a NUL (or any other control character) inside one would
+    shift every field after it: the gateway cannot read the message and closes the connection.
+    """
+    if not isinstance(value, str):
+        raise ValueError(f"{field} must be text, not {type(value).__name__} {value!r}")
+    bad = _CONTROL_RE.search(value)
+    if bad:
+        raise ValueError(f"{field} {value!r} holds the control character {bad.group()!r} at "
+                         f"position {bad.start()}; IB's protocol cannot carry it: remove it")
+    return value
+
+
 def is_daily_or_longer(bar_size: str) -> bool:
     """Daily, weekly and monthly bars are dated by trading day, not by time."""
     return bar_seconds(bar_size) >= 86400
@@ -174,6 +193,32 @@ class BarRequest:
     sec_type: str = "STK"
     exchange: str = "SMART"
     currency: str = "USD"
+
+    def checked(self) -> BarRequest:
+        """This request in IB's own terms: bar size in IB's spelling ("1h" -> "1 hour"),
+        what-to-show upper-cased, every text field one the wire can carry.
+
+        Raises:
+            ValueError: what IB would refuse (the message says what to use instead).
+        """
+        if not isinstance(self.symbol, str):  # a ready contract (checked by the farm)
+            symbol = self.symbol
+        elif not self.symbol.strip():
+            raise ValueError("empty symbol; give an IB symbol such as AAPL or EUR.USD")
+        else:
+            symbol = check_wire_text(self.symbol, "symbol")
+        bar_size = normalize_bar_size(check_wire_text(self.bar_size, "bar_size"))
+        parse_duration(check_wire_text(self.duration, "duration"))
+        what = check_wire_text(self.what_to_show, "what_to_show").strip().upper()
+        if what not in WHAT_TO_SHOW:
+            raise ValueError(f"what_to_show {self.what_to_show!r} is not one IB serves bars "
+                             f"of; use one of {', '.join(WHAT_TO_SHOW)}")
+        for name in ("sec_type", "exchange", "currency"):
+            check_wire_text(getattr(self, name) or "", name)
+        if self.end is not None and not isinstance(self.end, datetime):
+            raise ValueError(f"end must be a datetime (or None for now), not {self.end!r}")
+        return dataclasses.replace(self, symbol=symbol, bar_size=bar_size,
+                                   duration=self.duration.strip(), what_to_show=what)
 
     def end_utc(self) -> datetime | None:
         """``end`` as an aware UTC datetime (None stays None)."""

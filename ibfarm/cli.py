@@ -1,29 +1,43 @@
-"""``ibfarm`` on the command line: run the simulated gateway, fetch bars through the farm."""
+"""``ibfarm`` on the command line: run the simulated gateway, fetch bars through the farm.
+
+``ibfarm gateway`` serves the simulated IB Gateway (``--host/--port``: where it listens);
+``ibfarm fetch`` fetches one request's bars through a farm (``--host/--port``: the gateway it
+connects to, ``--sim`` an embedded simulated one). The grammar (dates, options, exit codes,
+Ctrl-C) is ``ibfarm.clikit``'s, shared with ``ktrdr``: 0 done, 1 the fetch failed, 2 bad input,
+130/143 stopped by SIGINT/SIGTERM.
+"""
 
 from __future__ import annotations
 
 import inspect
 import json
 import logging
+import os
 import signal
 import threading
-from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Optional
 
 import typer
 
-app = typer.Typer(help="A connection farm for Interactive Brokers historical data.",
+from ibfarm import clikit, dates
+
+app = typer.Typer(cls=clikit.CommandLine,
+                  help="A connection farm for Interactive Brokers historical data.",
                   no_args_is_help=True, add_completion=False)
 log = logging.getLogger(__name__)
+
+#: Security types ``fetch`` knows how to make a contract for.
+SEC_TYPES = ("STK", "CASH", "FUT", "IND")
 
 
 @app.callback()
 def _root(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=clikit.VERBOSE_HELP),
+    version: bool = clikit.version_option("ibfarm"),
 ) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    clikit.setup_logging(verbose)
 
 
 def gateway(*, stats_port: int | None = None, **flags) -> None:
@@ -76,55 +90,189 @@ app.command()(gateway)
 @app.command()
 def fetch(
     symbol: str = typer.Argument(..., help="IB symbol, e.g. AAPL, or EUR.USD for forex."),
-    bar_size: str = typer.Option("1 min", "--bar-size", help="IB bar size, e.g. '1 min'."),
-    duration: str = typer.Option("1 D", help="How far back from --end, e.g. '1 D', '1 W'."),
-    end: str | None = typer.Option(None, help="End, ISO 8601 (naive means UTC); default now."),
-    what_to_show: str = typer.Option("TRADES", "--what-to-show", help="TRADES, MIDPOINT..."),
+    bar_size: str = typer.Option("1 min", "--bar-size",
+                                 help="Bar size, IB's spelling or short: '1 min', '5m', '1h'."),
+    duration: str = typer.Option("1 D", help="How far back from --end: '<n> S|D|W|M|Y'."),
+    end: str | None = typer.Option(None, help=f"End of the range: {dates.HELP}.",
+                                   show_default="now"),
+    what_to_show: str | None = typer.Option(
+        None, "--what-to-show", help="TRADES, MIDPOINT, BID, ASK or BID_ASK.",
+        show_default="TRADES; MIDPOINT for forex"),
     rth: bool = typer.Option(True, "--rth/--all-hours", help="Regular trading hours only."),
-    sec_type: str = typer.Option("STK", "--sec-type", help="STK, CASH, FUT or IND."),
-    exchange: str = typer.Option("SMART", help="IB exchange."),
+    sec_type: str = typer.Option("STK", "--sec-type",
+                                 help="STK, CASH, FUT or IND (a BASE.QUOTE symbol is CASH)."),
+    exchange: str = typer.Option("SMART", help="IB exchange (SMART: the usual one)."),
     currency: str = typer.Option("USD", help="Contract currency."),
-    out: str | None = typer.Option(None, "--out", help="Write the bars to this Parquet file."),
-    host: str | None = typer.Option(None, help="Gateway host (default IB_HOST or 127.0.0.1)."),
-    port: int | None = typer.Option(None, help="Gateway port (default IB_PORT or 4002)."),
-    sim: bool = typer.Option(False, "--sim", help="Fetch from an embedded simulated gateway."),
-    timeout: float = typer.Option(60.0, help="Seconds to wait for the bars."),
+    out: str | None = typer.Option(None, "--out", help="Write the bars to this Parquet file.",
+                                   show_default="print them"),
+    host: str | None = typer.Option(None, help=clikit.HOST_HELP,
+                                    show_default=clikit.HOST_DEFAULT),
+    port: int | None = typer.Option(None, help=clikit.PORT_HELP,
+                                    show_default=clikit.PORT_DEFAULT),
+    sim: bool = typer.Option(False, "--sim", help=clikit.SIM_HELP),
+    timeout: float = typer.Option(60.0, min=0.1, help="Seconds to wait for the bars."),
 ) -> None:
     """Fetch historical bars through the farm; print them or write Parquet."""
+    try:
+        request, notes = _request(symbol, bar_size, duration, end, what_to_show, rth,
+                                  sec_type, exchange, currency)
+        gateway = clikit.gateway_address(host, port, sim)
+        target = _out_path(out)
+    except ValueError as exc:  # UsageError, DateFormatError, IB's bar-size/duration rules
+        raise clikit.fail(str(exc), clikit.EXIT_USAGE) from None
+    for note in notes:
+        typer.echo(note, err=True)
+    if not gateway.sim:
+        reason = clikit.probe(gateway.host, gateway.port)
+        if reason is not None:
+            raise clikit.fail(clikit.unreachable(gateway, reason))
+    table = _fetch(request, gateway, timeout)
+    _show(table, request, target)
+
+
+def _request(symbol: str, bar_size: str, duration: str, end: str | None,
+             what_to_show: str | None, rth: bool, sec_type: str, exchange: str,
+             currency: str):
+    """The ``BarRequest`` and the notes to print about it.
+
+    Raises:
+        ValueError: an input IB would refuse (the message says which and why).
+    """
+    from ibfarm.bars import (
+        STEP_LIMIT,
+        WHAT_TO_SHOW,
+        BarRequest,
+        duration_problem,
+        normalize_bar_size,
+        parse_duration,
+    )
+
+    symbol = symbol.strip().upper()
+    if not symbol:
+        raise clikit.UsageError("SYMBOL is empty; give an IB symbol such as AAPL or EUR.USD")
+    sec_type = sec_type.strip().upper()
+    if sec_type not in SEC_TYPES:
+        raise clikit.UsageError(f"--sec-type {sec_type!r}: use one of {', '.join(SEC_TYPES)}")
+    if "." in symbol and sec_type == "STK":
+        sec_type = "CASH"
+    bar_size = normalize_bar_size(bar_size)
+    parse_duration(duration)
+    problem = duration_problem(bar_size, duration)
+    if problem == "days":
+        raise clikit.UsageError(f"--duration {duration!r}: IB serves at most 365 D in one "
+                                f"request; give years instead, e.g. '2 Y'")
+    if problem == "step":
+        raise clikit.UsageError(f"--duration {duration!r} is more than IB serves in one "
+                                f"request of {bar_size} bars (at most {STEP_LIMIT[bar_size]})")
+    notes = []
+    if what_to_show is None:
+        what_to_show = "MIDPOINT" if sec_type == "CASH" else "TRADES"
+        if sec_type == "CASH":
+            notes.append(f"{symbol} is a forex pair: showing MIDPOINT bars (IB has no TRADES "
+                         f"for forex; --what-to-show picks BID, ASK or BID_ASK)")
+    what_to_show = what_to_show.strip().upper()
+    if what_to_show not in WHAT_TO_SHOW:
+        raise clikit.UsageError(f"--what-to-show {what_to_show!r}: use one of "
+                                f"{', '.join(WHAT_TO_SHOW)}")
+    stamp = dates.parse_when(end, what="--end")
+    request = BarRequest(symbol, bar_size, duration.strip(), end=stamp,
+                         what_to_show=what_to_show, use_rth=rth, sec_type=sec_type,
+                         exchange=exchange.strip().upper(), currency=currency.strip().upper())
+    return request, notes
+
+
+def _out_path(out: str | None) -> Path | None:
+    if out is None:
+        return None
+    path = Path(out).expanduser()
+    if path.is_dir():
+        raise clikit.UsageError(f"--out {out!r} is a directory; give a file name, e.g. "
+                                f"{path / 'bars.parquet'}")
+    parent = path.parent
+    if not parent.is_dir():
+        raise clikit.UsageError(f"--out {out!r}: directory {str(parent)!r} does not exist; "
+                                f"create it first")
+    if not os.access(parent, os.W_OK):
+        raise clikit.UsageError(f"--out {out!r}: directory {str(parent)!r} is not writable")
+    return path
+
+
+def _fetch(request, gateway: clikit.Gateway, timeout: float):
+    """The bars (an Arrow table); every failure ends the command with its one line."""
+    import concurrent.futures
     import contextlib
 
-    from ibfarm.bars import BarRequest
     from ibfarm.config import FarmConfig
-    from ibfarm.errors import IbError
+    from ibfarm.errors import ErrorKind, IbError
     from ibfarm.farm import IbFarm
 
-    stamp = None
-    if end:
-        stamp = datetime.fromisoformat(end.replace("Z", "+00:00"))
-    request = BarRequest(symbol, bar_size, duration, end=stamp, what_to_show=what_to_show,
-                         use_rth=rth, sec_type=sec_type, exchange=exchange, currency=currency)
-    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
-    with contextlib.ExitStack() as stack:
-        if sim:
+    with clikit.StopOnSignal() as guard, contextlib.ExitStack() as stack:
+        if gateway.sim:
             from ibfarm.sim import SimGateway
 
-            gw = stack.enter_context(SimGateway(port=0))
-            overrides.update(host="127.0.0.1", port=gw.port)
-        farm = stack.enter_context(IbFarm(FarmConfig.from_env(**overrides), max_workers=1))
+            sim = stack.enter_context(SimGateway(port=0))
+            gateway = clikit.Gateway("127.0.0.1", sim.port, sim=True, source="--sim")
+        # IB_HOST/IB_PORT were read (and checked) by gateway_address already.
+        env = {k: v for k, v in os.environ.items() if k not in ("IB_HOST", "IB_PORT")}
         try:
-            table = farm.historical_bars(request).result(timeout)
+            config = FarmConfig.from_env(env, host=gateway.host, port=gateway.port,
+                                         max_workers=1)
+        except ValueError as exc:
+            raise clikit.fail(str(exc), clikit.EXIT_USAGE) from None
+        farm = stack.enter_context(IbFarm(config))
+        future = farm.historical_bars(request)
+        guard.on_stop(future.cancel)
+        guard.on_stop(lambda: farm.shutdown(wait=False, cancel_running=True))
+        try:
+            return guard.run(future.result, timeout)
+        except clikit.Interrupted as stop:
+            typer.echo(f"interrupted ({stop.name}): nothing was written; the bars had not "
+                       f"arrived yet, so fetch them again", err=True)
+            stack.close()  # the farm and the simulator, within the hard deadline
+            clikit.exit_now(stop.exit_code)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise clikit.fail(f"no bars within {timeout:g} s (IB may be pacing requests, or "
+                              f"the gateway is slow); try a larger --timeout") from None
         except IbError as exc:
-            typer.echo(f"error: {exc} ({exc.kind.value})", err=True)
-            raise typer.Exit(1) from None
-    if out:
+            if exc.kind is ErrorKind.CONNECTION:
+                raise clikit.fail(clikit.unreachable(gateway, _reason(exc.message))) from None
+            raise clikit.fail(f"{exc} ({exc.kind.value})") from None
+
+
+def _reason(message: str) -> str:
+    """The gist of a connection error: "connection refused", or its first sentence."""
+    if "refused" in message.lower():
+        return "connection refused"
+    return message.split(". ", 1)[0].rstrip(".")
+
+
+def _show(table, request, target: Path | None) -> None:
+    label = f"{request.symbol} ({request.bar_size}, {request.duration})"
+    if target is not None:
         import pyarrow.parquet as pq
 
-        pq.write_table(table, out)
-        typer.echo(f"{table.num_rows} bars of {symbol} ({bar_size}) written to {out}")
-        return
-    frame = table.to_pandas()
-    typer.echo(frame.to_string(max_rows=40) if len(frame) else "no bars in that range")
-    typer.echo(f"{table.num_rows} bars of {symbol} ({bar_size}, {duration})")
+        try:
+            pq.write_table(table, target)
+        except OSError as exc:
+            raise clikit.fail(f"cannot write {target}: {exc}") from None
+        typer.echo(f"{table.num_rows} bars of {label} written to {target}")
+    else:
+        frame = table.to_pandas()
+        typer.echo(frame.to_string(max_rows=40) if len(frame) else "no bars in that range")
+        typer.echo(f"{table.num_rows} bars of {label}")
+    if table.num_rows == 0:
+        typer.echo(_empty_hint(request), err=True)
+
+
+def _empty_hint(request) -> str:
+    if request.sec_type == "CASH" and request.what_to_show == "TRADES":
+        return ("hint: forex has no TRADES data at IB; ask for --what-to-show MIDPOINT "
+                "(the default for forex), BID or ASK")
+    hint = "hint: the market may have been closed then; try a longer --duration"
+    if request.use_rth:
+        hint += " or --all-hours"
+    return hint
 
 
 def _serve_stats(gw, host: str, port: int) -> ThreadingHTTPServer:

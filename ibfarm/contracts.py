@@ -104,6 +104,9 @@ def make_contract(
     pair on IDEALPRO; ``sec_type="FUT"`` a future (CME unless an exchange is given) and
     ``sec_type="IND"`` an index (CBOE unless an exchange is given). A ``Contract`` passes through.
 
+    Raises:
+        ValueError: a forex pair that is not two three-letter currencies.
+
     Args:
         symbol_or_contract: IB symbol, ``"BASE.QUOTE"`` for forex, or a ready contract.
         sec_type: IB security type: STK, CASH, FUT or IND.
@@ -122,6 +125,9 @@ def make_contract(
         pair = symbol.replace(".", "").replace("/", "")
         if len(pair) == 3:
             pair += currency
+        if len(pair) != 6 or not pair.isalpha():
+            raise ValueError(f"{symbol_or_contract!r} is not a forex pair: write one as "
+                             f"BASE.QUOTE, e.g. EUR.USD (a dot in a symbol means forex)")
         contract = Forex(pair, exchange=exchange)
     elif sec_type == "FUT":
         contract = Future(symbol, exchange=exchange, currency=currency)

@@ -18,8 +18,11 @@ The kinds, and what the farm does with each:
 * ``CANCELLED``: the request was cancelled (by the caller, or by IB); not retried.
 * ``CONNECTION``: the link to IB (or one of IB's data farms) is down; retry with backoff.
 * ``CLIENT_ID_IN_USE``: another application holds the client id; fatal for that id.
-* ``TIMEOUT``, ``WORKER_CRASHED``, ``SHUTDOWN``: raised by the farm itself (code 0). The first
-  two are retried with backoff; a shutdown is final.
+* ``TIMEOUT``, ``WORKER_CRASHED``, ``SHUTDOWN``: raised by the farm itself (code 0). A time-out
+  is not retried: the request spent its ``request_timeout`` at IB and was cancelled there; the
+  caller decides (ktrdr asks for a shorter range). A crashed worker's requests are sent again on
+  another worker (``max_retries`` times) before ``WORKER_CRASHED`` reaches the caller, who may
+  retry. A shutdown is final.
 * ``RETRYABLE``: transient or unknown; retried a bounded number of times.
 
 Connection-level codes (1100, 1101, 1102, 1300, 2103-2106, 2110, 2157, 2158) arrive without a
@@ -30,7 +33,6 @@ the requests in flight were lost (1101: resubmit them) or kept (1102).
 from __future__ import annotations
 
 import enum
-import random
 from dataclasses import dataclass
 
 
@@ -64,15 +66,16 @@ class ConnectionEffect(str, enum.Enum):
     RESET = "reset"  # the gateway dropped this socket: reconnect
 
 
-#: Kinds worth another attempt (after a delay from ``RetryPolicy``).
+#: Kinds worth another attempt (the farm retries them after a delay from ``RetryPolicy``;
+#: ``WORKER_CRASHED`` reaches a caller only after the farm's own ``max_retries``).
 RETRYABLE_KINDS = frozenset({
-    ErrorKind.RETRYABLE, ErrorKind.CONNECTION, ErrorKind.TIMEOUT, ErrorKind.WORKER_CRASHED,
+    ErrorKind.RETRYABLE, ErrorKind.CONNECTION, ErrorKind.WORKER_CRASHED,
     ErrorKind.TOO_MANY_REQUESTS, ErrorKind.PACING,
 })
 #: Kinds that fail the request for good: retrying cannot help.
 FATAL_KINDS = frozenset({
     ErrorKind.CONTRACT_NOT_FOUND, ErrorKind.NO_PERMISSION, ErrorKind.INVALID_REQUEST,
-    ErrorKind.CLIENT_ID_IN_USE, ErrorKind.CANCELLED, ErrorKind.SHUTDOWN,
+    ErrorKind.CLIENT_ID_IN_USE, ErrorKind.CANCELLED, ErrorKind.SHUTDOWN, ErrorKind.TIMEOUT,
 })
 
 #: What the user should do about each kind (the HTTP API puts it in problem+json).
@@ -87,7 +90,8 @@ HINTS: dict[ErrorKind, str] = {
     ErrorKind.CANCELLED: "the request was cancelled; submit it again if still needed",
     ErrorKind.CONNECTION: "wait and retry; check that IB Gateway/TWS is running and logged in",
     ErrorKind.CLIENT_ID_IN_USE: "use a client id no other application is connected with",
-    ErrorKind.TIMEOUT: "wait and retry; IB did not answer in time",
+    ErrorKind.TIMEOUT: "IB did not answer in time (it was cancelled there); ask for a shorter "
+                       "range, or raise request_timeout",
     ErrorKind.WORKER_CRASHED: "retry; the farm's log says why the worker process died",
     ErrorKind.SHUTDOWN: "the farm is shut down; start it again",
     ErrorKind.RETRYABLE: "wait and retry; if it persists, read IB's message",
@@ -119,6 +123,7 @@ class Rule:
         source: where ``meaning`` comes from (IB's message-code table unless stated).
         effect: for connection-level codes, how the connection state changes.
         farm: for farm codes, which farm ("market", "hmds" or "secdef").
+        hint: what to do about it, when the row knows better than its kind's hint.
     """
 
     code: int
@@ -128,6 +133,7 @@ class Rule:
     effect: ConnectionEffect | None = None
     farm: str | None = None
     source: str = IB_CODES
+    hint: str | None = None  # what to do, when it is more precise than the kind's hint
 
 
 K, E = ErrorKind, ConnectionEffect
@@ -139,6 +145,14 @@ TEXT_RULES: tuple[Rule, ...] = (
          "pacing violation", source=HMDS_162),
     Rule(162, K.NO_DATA, "HMDS query returned no data: <symbol>@<exchange> <whatToShow>",
          "returned no data", source=HMDS_162),
+    Rule(162, K.PACING, "Too many requests in the last 10 minutes (an older pacing text)",
+         "too many requests in the last", source="162 text (Lean #607; older IB guide)"),
+    Rule(162, K.INVALID_REQUEST, "No historical market data for EUR/CASH@FXSUBPIP Last 1d: "
+         "that data type does not exist for the contract (TRADES on forex, MIDPOINT on an "
+         "index)", "no historical market data for",
+         source="162 text (ezibpy #24; ib_insync #316; ib-ruby #50)",
+         hint="forex pairs have no TRADES: ask for MIDPOINT, BID or ASK; indices have no "
+              "MIDPOINT: ask for TRADES"),
     Rule(162, K.NO_PERMISSION, "No market data permissions for <exchange> <secType>",
          "no market data permissions", source=HMDS_162),
     Rule(162, K.CANCELLED, "API historical data query cancelled: <reqId>",
@@ -232,6 +246,9 @@ CODE_RULES: tuple[Rule, ...] = (
     Rule(10225, K.RETRYABLE, "Bust event occurred, current subscription is deactivated. Please "
                              "resubscribe real-time bars immediately."),
     Rule(10285, K.INVALID_REQUEST, "Your API version does not support fractional size rules."),
+    Rule(10339, K.INVALID_REQUEST, "Setting end date/time for continuous future security type "
+                                   "is not allowed.", source="IB Historical Bar Data; nautilus "
+                                   "#2570", hint="ask for a CONTFUT contract with an empty end"),
     Rule(10314, K.INVALID_REQUEST, "End Date/Time: The date, time, or time-zone entered is "
                                    "invalid."),
 )
@@ -289,16 +306,18 @@ class IbError(Exception):
 
     default_kind = ErrorKind.RETRYABLE
 
-    def __init__(self, code: int, message: str, kind: ErrorKind | None = None):
+    def __init__(self, code: int, message: str, kind: ErrorKind | None = None,
+                 hint: str | None = None):
         self.code = int(code)
         self.message = message
         self.kind = ErrorKind(kind) if kind is not None else self.default_kind
+        self._hint = hint
         super().__init__(f"IB error {self.code}: {message}" if self.code else message)
 
     @property
     def hint(self) -> str:
         """What the user should do about this error."""
-        return hint_for(self.kind)
+        return self._hint or hint_for(self.kind)
 
     @property
     def retryable(self) -> bool:
@@ -310,7 +329,7 @@ class IbError(Exception):
 
 
 def _rebuild(cls, code, message, kind):
-    return cls(code, message, ErrorKind(kind))
+    return cls(code, message, ErrorKind(kind))  # the rest (hint, ...) comes back as state
 
 
 class ContractNotFoundError(IbError):
@@ -321,7 +340,9 @@ class NoPermissionError(IbError):
     default_kind = ErrorKind.NO_PERMISSION
 
 
-class InvalidRequestError(IbError):
+class InvalidRequestError(IbError, ValueError):
+    """IB (or the farm, before sending) refuses the request's parameters."""
+
     default_kind = ErrorKind.INVALID_REQUEST
 
 
@@ -371,96 +392,17 @@ class InfoNotice(IbError):
     default_kind = ErrorKind.INFO
 
 
+#: The exception class of each kind (``IbError`` itself for ``RETRYABLE``).
 EXCEPTION_BY_KIND: dict[ErrorKind, type[IbError]] = {
-    ErrorKind.INFO: InfoNotice,
-    ErrorKind.NO_DATA: NoDataError,
-    ErrorKind.CONTRACT_NOT_FOUND: ContractNotFoundError,
-    ErrorKind.NO_PERMISSION: NoPermissionError,
-    ErrorKind.INVALID_REQUEST: InvalidRequestError,
-    ErrorKind.PACING: PacingViolationError,
-    ErrorKind.TOO_MANY_REQUESTS: TooManyRequestsError,
-    ErrorKind.CANCELLED: RequestCancelledError,
-    ErrorKind.CONNECTION: IbConnectionError,
-    ErrorKind.CLIENT_ID_IN_USE: ClientIdInUseError,
-    ErrorKind.TIMEOUT: RequestTimeoutError,
-    ErrorKind.WORKER_CRASHED: WorkerCrashedError,
-    ErrorKind.SHUTDOWN: FarmShutdownError,
-    ErrorKind.RETRYABLE: IbError,
-}
+    cls.default_kind: cls for cls in (
+        IbError, InfoNotice, NoDataError, ContractNotFoundError, NoPermissionError,
+        InvalidRequestError, PacingViolationError, TooManyRequestsError, RequestCancelledError,
+        IbConnectionError, ClientIdInUseError, RequestTimeoutError, WorkerCrashedError,
+        FarmShutdownError)}
 
 
 def error_from(code: int, message: str) -> IbError:
     """Build the exception IB error ``code`` with ``message`` stands for."""
     kind = classify(code, message)
-    return EXCEPTION_BY_KIND[kind](code, message, kind)
-
-
-# --- retry policy ------------------------------------------------------------------------------
-
-_RNG = random.Random()
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """When to try a failed request again.
-
-    Retryable kinds wait ``base_delay * 2 ** (attempt - 1)``, capped at ``max_delay``; a pacing
-    violation waits ``pacing_delay`` doubling the same way, capped at ``max_pacing_delay`` (IB's
-    longest pacing window is 10 minutes, so waiting longer never helps). Every delay is then
-    shortened by up to ``jitter`` of itself, at random, so retries spread out and never exceed
-    their cap. Every retry, pacing included, counts as an attempt: after ``max_attempts`` attempts
-    the request fails. Fatal kinds are never retried.
-
-    Attributes:
-        max_attempts: attempts in all, the first one included.
-        base_delay: seconds before the second attempt.
-        max_delay: the longest wait between attempts (pacing aside).
-        jitter: fraction (0-1) of each delay that is random.
-        pacing_delay: seconds to wait after the first pacing violation (Lean and ktrdr wait 60).
-        max_pacing_delay: the longest wait after a pacing violation.
-    """
-
-    max_attempts: int = 5
-    base_delay: float = 1.0
-    max_delay: float = 30.0
-    jitter: float = 0.25
-    pacing_delay: float = 60.0
-    max_pacing_delay: float = 600.0
-
-    def __post_init__(self):
-        if self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        if not 0.0 <= self.jitter <= 1.0:
-            raise ValueError("jitter must be between 0 and 1")
-        if min(self.base_delay, self.max_delay, self.pacing_delay, self.max_pacing_delay) < 0:
-            raise ValueError("delays must not be negative")
-
-    def scaled(self, factor: float) -> RetryPolicy:
-        """The same policy with every delay divided by ``factor`` (as ``PacingPolicy.scaled``)."""
-        if factor <= 0:
-            raise ValueError("scale factor must be positive")
-        return RetryPolicy(
-            max_attempts=self.max_attempts,
-            base_delay=self.base_delay / factor,
-            max_delay=self.max_delay / factor,
-            jitter=self.jitter,
-            pacing_delay=self.pacing_delay / factor,
-            max_pacing_delay=self.max_pacing_delay / factor,
-        )
-
-    def delay(
-        self, attempt: int, kind: ErrorKind, rng: random.Random | None = None
-    ) -> float | None:
-        """Seconds to wait before trying again after attempt number ``attempt`` (1 = the first)
-        failed with ``kind``; None when the request must not be retried."""
-        if attempt < 1:
-            raise ValueError("attempt numbers start at 1")
-        kind = ErrorKind(kind)
-        if not is_retryable(kind) or attempt >= self.max_attempts:
-            return None
-        if kind is ErrorKind.PACING:
-            first, cap = self.pacing_delay, self.max_pacing_delay
-        else:
-            first, cap = self.base_delay, self.max_delay
-        nominal = min(cap, first * 2.0 ** min(attempt - 1, 64))
-        return nominal * (1.0 - self.jitter * (rng or _RNG).random())
+    rule = lookup(code, message)
+    return EXCEPTION_BY_KIND[kind](code, message, kind, rule.hint if rule else None)

@@ -1,32 +1,49 @@
 """``ktrdr`` on the command line.
 
-``ktrdr data load | backfill | show | gaps``; ``--sim`` (or ``IB_GATEWAY=sim``) runs them on
-an embedded simulated IB Gateway. Exit codes: 0 all went well, 1 something failed, 2 bad input.
+``ktrdr data load | backfill | show | gaps`` and ``ktrdr api``. The grammar is ibfarm's
+(``ibfarm.clikit``, reached through ``ktrdr.sim``): dates as ``ibfarm.dates`` reads them,
+``--host/--port`` (the gateway a fetching command connects to; where ``ktrdr api`` listens),
+``--sim`` (or ``IB_GATEWAY=sim``) for an embedded simulated IB Gateway, ``-v`` anywhere,
+``--version``.
+
+::
+
+    options ──► parse_when / gateway_address / timeframe check ── bad ──► exit 2
+       │        probe of IB_HOST:IB_PORT (not with --sim) ───── refused ──► one line, exit 1
+       ▼
+    StopOnSignal.run(manager.backfill | manager.load_data, progress=ProgressView)
+       │        Ctrl-C / SIGTERM: the farm stops taking work, one line says what was saved,
+       │        exit 130 / 143 (a re-run resumes: the store keeps every range that landed)
+       ▼
+    summary table; exit 0, or 1 when a symbol failed
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
-app = typer.Typer(help="ktrdr: historical market data, fetched once and stored locally.",
+from ktrdr.cli_progress import ProgressView, saved_line
+from ktrdr.data.data_manager import BACKFILL_DEFAULT, MODES, TAIL_DEFAULT
+from ktrdr.data.symbols import normalize_symbol
+from ktrdr.data.timeframes import TIMEFRAMES
+from ktrdr.sim import clikit, dates
+
+log = logging.getLogger(__name__)
+
+app = typer.Typer(cls=clikit.CommandLine,
+                  help="ktrdr: historical market data, fetched once and stored locally.",
                   no_args_is_help=True, add_completion=False)
 data_app = typer.Typer(help="Load, backfill and inspect stored bars.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -35,39 +52,75 @@ app.add_typer(data_app, name="data")
 console = Console() if sys.stdout.isatty() else Console(width=140)
 err_console = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=140)
 
-SIM_HELP = "Run on an embedded simulated IB Gateway (also: IB_GATEWAY=sim)."
-DIR_HELP = "Data directory (default: KTRDR_DATA_DIR or ./data)."
-TYPE_HELP = "Instrument type: stock, forex, future or index (default: guessed)."
+
+def _span(delta: timedelta) -> str:
+    days = delta.days
+    if days % 365 == 0:
+        years = days // 365
+        return f"{years} year{'s' * (years != 1)}"
+    return f"{days} days"
+
+
+def _depths() -> str:
+    """``BACKFILL_DEFAULT`` in words: how far back a backfill goes without --start."""
+    known = [f"{tf} {_span(BACKFILL_DEFAULT[tf])}" for tf in TIMEFRAMES if tf in BACKFILL_DEFAULT]
+    rest = [tf for tf in TIMEFRAMES if tf not in BACKFILL_DEFAULT]
+    if rest:
+        known.append(f"{' and '.join(rest)} everything")
+    return ", ".join(known)
+
+
+TIMEFRAME_LIST = " ".join(TIMEFRAMES)
+DIR_HELP = "Data directory."
+DIR_DEFAULT = "KTRDR_DATA_DIR or ./data"
+TYPE_HELP = "Instrument type: stock, forex, future or index."
+START_HELP = f"Start: {dates.HELP}."
+END_HELP = "End, exclusive (same forms as --start)."
+BACKFILL_START = f"by timeframe: {_depths()}; never before the first data"
+TAIL_START = f"the last stored bar, else {TAIL_DEFAULT.days} days back"
+
+Symbol = Annotated[str, typer.Argument(
+    help="Symbol: AAPL, EUR.USD (forex) or SYMBOL@EXCHANGE (VOD@LSE).", show_default=False)]
+Timeframe = Annotated[str, typer.Argument(help=f"Timeframe: {TIMEFRAME_LIST}.",
+                                          show_default=False)]
+Host = Annotated[str | None, typer.Option("--host", help=clikit.HOST_HELP,
+                                          show_default=clikit.HOST_DEFAULT)]
+Port = Annotated[int | None, typer.Option("--port", help=clikit.PORT_HELP,
+                                          show_default=clikit.PORT_DEFAULT)]
+Sim = Annotated[bool, typer.Option("--sim", help=clikit.SIM_HELP)]
+DataDir = Annotated[str | None, typer.Option("--data-dir", help=DIR_HELP,
+                                             show_default=DIR_DEFAULT)]
+InstrumentType = Annotated[str | None, typer.Option("--type", help=TYPE_HELP,
+                                                    show_default="guessed from the symbol")]
+End = Annotated[str | None, typer.Option("--end", help=END_HELP, show_default="now")]
 
 
 @app.command()
 def version() -> None:
     """Print ktrdr's version."""
-    from importlib.metadata import version as pkg_version
-
-    typer.echo(pkg_version("ibfarm"))
+    typer.echo(clikit.package_version())
 
 
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more.")) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help=clikit.VERBOSE_HELP),
+          show_version: bool = clikit.version_option("ktrdr")) -> None:
+    clikit.setup_logging(verbose, err_console)
 
 
 # --------------------------------------------------------------------------- plumbing
 
 
 @contextlib.contextmanager
-def _manager(data_dir: str | None, sim: bool, latency: float = 0.0,
+def _manager(data_dir: str | None, gateway: Any, latency: float = 0.0,
              workers: int | None = None) -> Iterator[tuple[Any, Any]]:
-    """A DataManager on IB (from the environment) or on an embedded simulated gateway."""
+    """A DataManager on the gateway ``gateway`` names, or on an embedded simulated one."""
     from ktrdr.data.data_manager import DataManager
-    from ktrdr.sim import EmbeddedSim, sim_requested
+    from ktrdr.sim import EmbeddedSim
 
     embedded = None
     provider = None
     try:
-        if sim_requested(sim):
+        if gateway.sim:
             embedded = EmbeddedSim(latency=latency, max_workers=workers or 4).start()
             provider = embedded.provider()
             err_console.print(f"[dim]simulated IB Gateway on 127.0.0.1:{embedded.gateway.port}"
@@ -75,7 +128,8 @@ def _manager(data_dir: str | None, sim: bool, latency: float = 0.0,
         else:
             from ktrdr.data.ib_data_adapter import IbDataAdapter
 
-            provider = IbDataAdapter.from_env(**({"max_workers": workers} if workers else {}))
+            provider = IbDataAdapter.from_env(host=gateway.host, port=gateway.port,
+                                              **({"max_workers": workers} if workers else {}))
         manager = DataManager(data_dir, provider)
         try:
             yield manager, embedded
@@ -88,18 +142,32 @@ def _manager(data_dir: str | None, sim: bool, latency: float = 0.0,
             provider.shutdown()
 
 
-def _fail(exc: BaseException) -> typer.Exit:
-    """Print ``exc`` plainly and pick the exit code (2: bad input, 1: anything else)."""
-    from ktrdr.data.data_manager import InvalidRangeError
-    from ktrdr.data.external_data_interface import DataProviderError
-    from ktrdr.data.store import DataCorruptError, InvalidSymbolError
-    from ktrdr.data.timeframes import TimeframeError
+def _stop_fetching(manager: Any) -> None:
+    """At Ctrl-C: the provider takes no more work and drops what is queued or at IB, so the
+    DataManager's outstanding requests end now (what landed is already saved)."""
+    abort = getattr(manager.provider, "abort", None)
+    if abort is not None:
+        abort()
 
-    err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
-    bad_input = (InvalidSymbolError, TimeframeError, InvalidRangeError)
-    if isinstance(exc, DataProviderError | DataCorruptError):
-        return typer.Exit(1)
-    return typer.Exit(2 if isinstance(exc, bad_input) else 1)
+
+def _gateway(host: str | None, port: int | None, sim: bool, fetches: bool = True) -> Any:
+    """The gateway to fetch from; a refused connection ends the command at once.
+
+    Raises:
+        clikit.UsageError: a malformed address (exit 2).
+    """
+    gateway = clikit.gateway_address(host, port, sim)
+    if fetches and not gateway.sim:
+        reason = clikit.probe(gateway.host, gateway.port)
+        if reason is not None:
+            raise _say(clikit.unreachable(gateway, reason), 1)
+    return gateway
+
+
+def _say(message: str, code: int) -> typer.Exit:
+    """Print ``error: message`` (one line, however wide) on stderr; the exit to raise."""
+    err_console.print("error: " + message, highlight=False, soft_wrap=True, markup=False)
+    return typer.Exit(code)
 
 
 def _when(value: Any) -> str:
@@ -107,6 +175,63 @@ def _when(value: Any) -> str:
         return "-"
     stamp = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
     return stamp.strftime("%Y-%m-%d %H:%M")
+
+
+def _connection_reason(exc: BaseException) -> str:
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    text = str(getattr(cause, "message", None) or cause)
+    if "refused" in text.lower():
+        return "connection refused"
+    return text.split(". ", 1)[0].rstrip(".")
+
+
+def _fail(exc: BaseException, gateway: Any = None) -> typer.Exit:
+    """Print ``exc`` in one line and pick the exit code (2: bad input, 1: anything else)."""
+    from ktrdr.data.data_manager import InvalidRangeError
+    from ktrdr.data.external_data_interface import (
+        DataProviderConnectionError,
+        DataProviderError,
+    )
+    from ktrdr.data.store import DataCorruptError, InvalidSymbolError
+    from ktrdr.data.timeframes import TimeframeError
+
+    if isinstance(exc, DataProviderConnectionError) and gateway is not None \
+            and not gateway.sim:
+        return _say(clikit.unreachable(gateway, _connection_reason(exc)), 1)
+    bad_input = (InvalidSymbolError, TimeframeError, InvalidRangeError, clikit.UsageError,
+                 dates.DateFormatError)
+    if isinstance(exc, DataProviderError | DataCorruptError):
+        return _say(str(exc), 1)
+    return _say(str(exc), 2 if isinstance(exc, bad_input) else 1)
+
+
+def _parse_range(start: str | None, end: str | None) -> tuple[datetime | None,
+                                                                datetime | None]:
+    begin = dates.parse_when(start, what="--start")
+    finish = dates.parse_when(end, what="--end")
+    if begin is not None and finish is not None and finish <= begin:
+        raise clikit.UsageError(f"end {end!r} is not after start {start!r}; give an --end "
+                                f"later than the --start")
+    return begin, finish
+
+
+def _timeframe(timeframe: str) -> str:
+    from ktrdr.data.timeframes import normalize_timeframe
+
+    return normalize_timeframe(timeframe)
+
+
+def _instrument_type(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from ktrdr.data.external_data_interface import DataProviderError
+    from ktrdr.data.ib_data_adapter import normalize_instrument_type
+
+    try:
+        return normalize_instrument_type(value)
+    except DataProviderError as exc:
+        raise clikit.UsageError(f"--type {value!r}: use stock, forex, future or index "
+                                f"({exc.message})") from None
 
 
 def summary_table(reports: list, title: str = "summary") -> Table:
@@ -117,12 +242,18 @@ def summary_table(reports: list, title: str = "summary") -> Table:
                           ("requests", "right"), ("time s", "right"), ("status", "left")):
         table.add_column(name, justify=justify)
     for r in reports:
-        status = "[green]ok[/green]" if r.ok else f"[red]{r.error}[/red]"
+        status = "[green]ok[/green]" if r.ok else f"[red]{_escape(r.error)}[/red]"
         if r.ok and r.clamped_start is not None:
             status += f" [yellow](start clamped to {_when(r.clamped_start)})[/yellow]"
         table.add_row(r.symbol, r.timeframe, f"{r.rows:,}", _when(r.start), _when(r.end),
                       str(r.gaps_left), str(r.requests), f"{r.seconds:.2f}", status)
     return table
+
+
+def _escape(text: Any) -> str:
+    from rich.markup import escape
+
+    return escape(str(text))
 
 
 def farm_table(status: dict) -> Table:
@@ -143,50 +274,73 @@ def farm_table(status: dict) -> Table:
     return table
 
 
-def run_backfill(manager: Any, symbols: list[str], timeframe: str, start: str | None,
-                 end: str | None, instrument_type: str | None = None) -> list:
-    """``manager.backfill`` with a progress bar per symbol (requests landed of planned, rows,
-    time so far and left; updated as each request lands)."""
-    columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rows]:>8} rows"), TimeElapsedColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=False) as bar:
-        tasks: dict[str, Any] = {}
+def run_backfill(manager: Any, symbols: list[str], timeframe: str, start: Any, end: Any,
+                 instrument_type: str | None = None, guard: Any = None,
+                 view: ProgressView | None = None) -> list:
+    """``manager.backfill`` with progress per symbol (``guard``: run it so a signal stops it)."""
+    view = view if view is not None else ProgressView(err_console, timeframe)
+    with view:
+        call = guard.run if guard is not None else (lambda fn, *a, **k: fn(*a, **k))
+        return call(manager.backfill, symbols, timeframe, start, end, progress=view,
+                    instrument_type=instrument_type)
 
-        def progress(event) -> None:
-            if event.symbol not in tasks:
-                tasks[event.symbol] = bar.add_task(event.symbol, total=event.requests_total,
-                                                   rows=0)
-            task = tasks[event.symbol]
-            rows = bar.tasks[task].fields["rows"] + event.rows
-            bar.update(task, completed=event.requests_done, total=event.requests_total,
-                       rows=rows, description=event.symbol + (" !" if event.error else ""))
 
-        return manager.backfill(symbols, timeframe, start, end, progress=progress,
-                                instrument_type=instrument_type)
+def _accepts_progress(fn: Any) -> bool:
+    try:
+        return "progress" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 # --------------------------------------------------------------------------- commands
 
 
 @data_app.command("load")
-def load(symbol: str, timeframe: str,
-         start: str = typer.Option(None, "--start", help="Start (UTC), e.g. 2024-01-01."),
-         end: str = typer.Option(None, "--end", help="End (UTC, exclusive); default now."),
-         mode: str = typer.Option("tail", "--mode", help="local, tail, backfill or full."),
-         instrument_type: str = typer.Option(None, "--type", help=TYPE_HELP),
-         data_dir: str = typer.Option(None, "--data-dir", help=DIR_HELP),
-         sim: bool = typer.Option(False, "--sim", help=SIM_HELP),
-         rows: int = typer.Option(5, "--rows", help="Last rows to print.")) -> None:
+def load(symbol: Symbol, timeframe: Timeframe,
+         start: Annotated[str | None, typer.Option(
+             "--start", help=START_HELP,
+             show_default=f"tail: {TAIL_START}; backfill, full: {BACKFILL_START}")] = None,
+         end: End = None,
+         mode: Annotated[str, typer.Option(
+             "--mode", help="local (store only), tail (up to now), backfill (older bars) or "
+                            "full (every gap).")] = "tail",
+         instrument_type: InstrumentType = None,
+         data_dir: DataDir = None,
+         host: Host = None, port: Port = None, sim: Sim = False,
+         rows: Annotated[int, typer.Option("--rows", help="Last rows to print.")] = 5) -> None:
     """Load one symbol, fetching what MODE asks for, and print its last bars."""
     began = time.monotonic()
     try:
-        with _manager(data_dir, sim and mode != "local") as (manager, _):
-            frame = manager.load_data(symbol, timeframe, start, end, mode=mode,
-                                      instrument_type=instrument_type)
-            summary = manager.get_data_summary(symbol, timeframe)
+        normalize_symbol(symbol)
+        start_at, end_at = _parse_range(start, end)
+        tf = _timeframe(timeframe)
+        kind = _instrument_type(instrument_type)
+        if mode not in MODES:
+            raise clikit.UsageError(f"--mode {mode!r}: use one of {', '.join(MODES)}")
+        fetches = mode != "local"
+        gateway = _gateway(host, port, sim and fetches, fetches)
+    except ValueError as exc:  # dates, timeframe, mode, type, address: nothing was done
+        raise _say(str(exc), 2) from None
+    try:
+        with clikit.StopOnSignal() as guard, _manager(data_dir, gateway) as (manager, _):
+            guard.on_stop(lambda: _stop_fetching(manager))
+            before = _stored_rows(manager, symbol, tf)
+            view = ProgressView(err_console, tf)
+            extra = {"progress": view} if _accepts_progress(manager.load_data) else {}
+            try:
+                with view:
+                    frame = guard.run(manager.load_data, symbol, tf, start_at, end_at,
+                                      mode=mode, instrument_type=kind, **extra)
+            except clikit.Interrupted as stop:
+                saved = view.saved() or _saved_since(manager, symbol, tf, before)
+                err_console.print(saved_line(saved, stop.name, str(manager.data_dir)),
+                                  markup=False, highlight=False, soft_wrap=True)
+                raise
+            summary = manager.get_data_summary(symbol, tf)
+    except clikit.Interrupted as stop:
+        clikit.exit_now(stop.exit_code)
     except Exception as exc:
-        raise _fail(exc) from None
+        raise _fail(exc, gateway) from None
     clamped = frame.attrs.get("clamped_start")
     if clamped is not None:
         err_console.print(f"[yellow]start moved to {_when(clamped)}: no data before it[/yellow]")
@@ -200,32 +354,69 @@ def load(symbol: str, timeframe: str,
         f"{time.monotonic() - began:.2f} s -> {summary['path']}", highlight=False)
 
 
+def _stored_rows(manager: Any, symbol: str, timeframe: str) -> int:
+    try:
+        return int(manager.get_data_summary(symbol, timeframe)["rows"])
+    except Exception:  # unreadable or invalid: the load itself reports it
+        return 0
+
+
+def _saved_since(manager: Any, symbol: str, timeframe: str, before: int) -> dict[str, int]:
+    added = _stored_rows(manager, symbol, timeframe) - before
+    return {symbol.upper(): added} if added > 0 else {}
+
+
 @data_app.command("backfill")
-def backfill(symbols: Annotated[list[str], typer.Argument(help="Symbols, e.g. AAPL EUR.USD.")],
-             timeframe: str = typer.Option("1h", "--timeframe", "-t", help="Timeframe."),
-             start: str = typer.Option(None, "--start", help="Start (UTC)."),
-             end: str = typer.Option(None, "--end", help="End (UTC, exclusive); default now."),
-             instrument_type: str = typer.Option(None, "--type", help=TYPE_HELP),
-             data_dir: str = typer.Option(None, "--data-dir", help=DIR_HELP),
-             sim: bool = typer.Option(False, "--sim", help=SIM_HELP),
-             latency: float = typer.Option(0.0, "--sim-latency",
-                                           help="Simulated gateway's answer latency (s)."),
-             workers: int = typer.Option(None, "--workers", help="Farm worker processes."),
-             show_farm: bool = typer.Option(False, "--farm-status",
-                                            help="Print the farm's status at the end.")) -> None:
+def backfill(
+    symbols: Annotated[list[str], typer.Argument(
+        help="Symbols: AAPL, EUR.USD (forex), SYMBOL@EXCHANGE (VOD@LSE).", show_default=False)],
+    timeframe: Annotated[str, typer.Option("--timeframe", "-t",
+                                           help=f"Timeframe: {TIMEFRAME_LIST}.")] = "1h",
+    start: Annotated[str | None, typer.Option("--start", help=START_HELP,
+                                              show_default=BACKFILL_START)] = None,
+    end: End = None,
+    instrument_type: InstrumentType = None,
+    data_dir: DataDir = None,
+    host: Host = None, port: Port = None, sim: Sim = False,
+    latency: Annotated[float, typer.Option(
+        "--sim-latency", min=0, help="Simulated gateway's answer latency (s).")] = 0.0,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, help="Farm worker processes.",
+        show_default="IBFARM_MAX_WORKERS or 2; 4 with --sim")] = None,
+    show_farm: Annotated[bool, typer.Option(
+        "--farm-status", help="Print the farm's status at the end.")] = False,
+) -> None:
     """Backfill many symbols in parallel; a re-run fetches only what is still missing."""
     began = time.monotonic()
     try:
-        with _manager(data_dir, sim, latency, workers) as (manager, embedded):
-            reports = run_backfill(manager, symbols, timeframe, start, end, instrument_type)
+        start_at, end_at = _parse_range(start, end)
+        tf = _timeframe(timeframe)
+        kind = _instrument_type(instrument_type)
+        gateway = _gateway(host, port, sim)
+    except ValueError as exc:  # dates, timeframe, mode, type, address: nothing was done
+        raise _say(str(exc), 2) from None
+    try:
+        with clikit.StopOnSignal() as guard, \
+                _manager(data_dir, gateway, latency, workers) as (manager, embedded):
+            guard.on_stop(lambda: _stop_fetching(manager))
+            view = ProgressView(err_console, tf)
+            try:
+                reports = run_backfill(manager, symbols, tf, start_at, end_at, kind, guard, view)
+            except clikit.Interrupted as stop:
+                err_console.print(saved_line(view.saved(), stop.name, str(manager.data_dir)),
+                                  markup=False, highlight=False, soft_wrap=True)
+                raise
             status = embedded.farm_status() if embedded is not None else \
                 manager.provider.farm_status()
+    except clikit.Interrupted as stop:
+        clikit.exit_now(stop.exit_code)
     except Exception as exc:
-        raise _fail(exc) from None
-    console.print(summary_table(reports, f"backfill {timeframe}"))
+        raise _fail(exc, gateway) from None
+    console.print(summary_table(reports, f"backfill {tf}"))
     if show_farm and status:
         console.print(farm_table(status))
     failed = [r for r in reports if not r.ok]
+    _explain_connection(failed, gateway)
     console.print(f"{len(reports) - len(failed)} of {len(reports)} symbols ok, "
                   f"{sum(r.rows for r in reports):,} rows, "
                   f"{sum(r.requests for r in reports)} requests, "
@@ -234,10 +425,20 @@ def backfill(symbols: Annotated[list[str], typer.Argument(help="Symbols, e.g. AA
         raise typer.Exit(1)
 
 
+def _explain_connection(failed: list, gateway: Any) -> None:
+    """One line for symbols that failed because the gateway could not be reached."""
+    from ktrdr.data.external_data_interface import DataProviderConnectionError
+
+    lost = [r for r in failed if isinstance(r.exception, DataProviderConnectionError)]
+    if lost and not gateway.sim:
+        err_console.print("error: " + clikit.unreachable(gateway, _connection_reason(
+            lost[0].exception)), markup=False, highlight=False, soft_wrap=True)
+
+
 @data_app.command("show")
-def show(symbol: str, timeframe: str,
-         rows: int = typer.Option(10, "--rows", help="Last rows to print."),
-         data_dir: str = typer.Option(None, "--data-dir", help=DIR_HELP)) -> None:
+def show(symbol: Symbol, timeframe: Timeframe,
+         rows: Annotated[int, typer.Option("--rows", help="Last rows to print.")] = 10,
+         data_dir: DataDir = None) -> None:
     """Show what is stored for a symbol (no provider needed)."""
     from ktrdr.data.data_manager import DataManager
 
@@ -258,19 +459,28 @@ def show(symbol: str, timeframe: str,
 
 
 @data_app.command("gaps")
-def gaps(symbol: str, timeframe: str,
-         start: str = typer.Option(None, "--start", help="Start (UTC); default first bar."),
-         end: str = typer.Option(None, "--end", help="End (UTC, exclusive); default now."),
-         instrument_type: str = typer.Option(None, "--type", help=TYPE_HELP),
-         data_dir: str = typer.Option(None, "--data-dir", help=DIR_HELP),
-         sim: bool = typer.Option(False, "--sim", help=SIM_HELP)) -> None:
+def gaps(symbol: Symbol, timeframe: Timeframe,
+         start: Annotated[str | None, typer.Option(
+             "--start", help=START_HELP, show_default="the first stored bar")] = None,
+         end: End = None,
+         instrument_type: InstrumentType = None,
+         data_dir: DataDir = None,
+         host: Host = None, port: Port = None, sim: Sim = False) -> None:
     """List the missing ranges (trading sessions with no stored bars)."""
     try:
-        with _manager(data_dir, sim) as (manager, _):
-            found = manager.find_gaps(symbol, timeframe, start, end, instrument_type)
+        normalize_symbol(symbol)
+        start_at, end_at = _parse_range(start, end)
+        tf = _timeframe(timeframe)
+        kind = _instrument_type(instrument_type)
+        gateway = _gateway(host, port, sim)
+    except ValueError as exc:
+        raise _say(str(exc), 2) from None
+    try:
+        with _manager(data_dir, gateway) as (manager, _):
+            found = manager.find_gaps(symbol, tf, start_at, end_at, kind)
     except Exception as exc:
-        raise _fail(exc) from None
-    table = Table(title=f"gaps {symbol.upper()} {timeframe}", title_justify="left")
+        raise _fail(exc, gateway) from None
+    table = Table(title=f"gaps {symbol.upper()} {tf}", title_justify="left")
     table.add_column("from")
     table.add_column("to")
     table.add_column("days", justify="right")
@@ -281,16 +491,26 @@ def gaps(symbol: str, timeframe: str,
 
 
 @app.command("api")
-def api(host: str = typer.Option("127.0.0.1", "--host",
-                                 help="Address to bind (loopback unless told otherwise)."),
-        port: int = typer.Option(8000, "--port", help="TCP port."),
-        sim: bool = typer.Option(False, "--sim", help=SIM_HELP),
-        log_level: str = typer.Option("info", "--log-level",
-                                      help="debug, info, warning or error.")) -> None:
-    """Serve the HTTP API (KTRDR_API_TOKEN, when set, is required as a bearer token)."""
-    from ktrdr.api.serve import serve
+def api(host: Annotated[str, typer.Option(
+            "--host", help="Address to listen on; other than loopback needs KTRDR_API_TOKEN "
+                           "or --insecure.")] = "127.0.0.1",
+        port: Annotated[int, typer.Option("--port", min=0, max=65535,
+                                          help="TCP port to listen on.")] = 8000,
+        sim: Sim = False,
+        insecure: Annotated[bool, typer.Option(
+            "--insecure", help="Serve a non-loopback address without a token.")] = False,
+        log_level: Annotated[str, typer.Option(
+            "--log-level", help="debug, info, warning or error.")] = "info") -> None:
+    """Serve the HTTP API; the gateway is IB_HOST:IB_PORT (or --sim). With KTRDR_API_TOKEN
+    set, /api/v1 and /metrics need 'Authorization: Bearer <token>'."""
+    from ktrdr.api.serve import InsecureBindError, check_bind, serve
 
-    serve(host=host, port=port, sim=sim, log_level=log_level)
+    try:
+        clikit.gateway_address(None, None, sim)  # IB_HOST/IB_PORT, read by the farm later
+        check_bind(host, os.environ.get("KTRDR_API_TOKEN"), insecure)
+    except (InsecureBindError, clikit.UsageError) as exc:
+        raise _say(str(exc), 2) from None
+    serve(host=host, port=port, sim=sim, log_level=log_level, insecure=insecure)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from ibfarm import clikit, dates  # noqa: F401 (re-exported: ktrdr's command line shares them)
 from ibfarm.sim import SimGateway
 from ktrdr.data.ib_data_adapter import IbDataAdapter
 

@@ -8,6 +8,7 @@ import random
 import pytest
 
 from ibfarm import errors
+from ibfarm.config import RetryPolicy
 from ibfarm.errors import (
     CODE_RULES,
     EXCEPTION_BY_KIND,
@@ -18,7 +19,6 @@ from ibfarm.errors import (
     ConnectionEffect,
     ErrorKind,
     IbError,
-    RetryPolicy,
     classify,
     connection_effect,
     error_from,
@@ -182,7 +182,7 @@ def test_client_id_in_use():
 
 @pytest.mark.parametrize(
     ("cls", "kind", "retryable"),
-    [(errors.RequestTimeoutError, ErrorKind.TIMEOUT, True),
+    [(errors.RequestTimeoutError, ErrorKind.TIMEOUT, False),  # its budget at IB is spent
      (errors.WorkerCrashedError, ErrorKind.WORKER_CRASHED, True),
      (errors.FarmShutdownError, ErrorKind.SHUTDOWN, False)],
 )
@@ -262,7 +262,7 @@ def test_pickling_keeps_an_explicit_kind():
 
 NO_JITTER = RetryPolicy(max_attempts=10, base_delay=1.0, max_delay=8.0, jitter=0.0,
                         pacing_delay=60.0, max_pacing_delay=600.0)
-BACKOFF_KINDS = [ErrorKind.RETRYABLE, ErrorKind.CONNECTION, ErrorKind.TIMEOUT,
+BACKOFF_KINDS = [ErrorKind.RETRYABLE, ErrorKind.CONNECTION,
                  ErrorKind.WORKER_CRASHED, ErrorKind.TOO_MANY_REQUESTS]
 
 

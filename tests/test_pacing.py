@@ -14,15 +14,8 @@ from multiprocessing import resource_tracker, shared_memory
 
 import pytest
 
-from ibfarm.pacing import (
-    RULES,
-    SEGMENT_SIZE,
-    PacedRequest,
-    PacingPolicy,
-    PacingRules,
-    SharedPacer,
-    segment_name,
-)
+from ibfarm.pacer import RULES, SEGMENT_SIZE, SharedPacer, segment_name
+from ibfarm.pacing import PacedRequest, PacingPolicy, PacingRules
 
 KEY = "127.0.0.1:4002"
 SPAWN = mp.get_context("spawn")

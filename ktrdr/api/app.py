@@ -2,9 +2,14 @@
 
 ``create_app(settings)`` builds the app; its lifespan starts (optionally) an embedded
 simulated gateway, the ``IbDataAdapter`` with its farm (the API reaches IB only through the
-adapter: ``farm_status()``, ``settings()``), the ``DataManager``, the gateway monitor and the
-operations registry, and shuts them down in reverse order. Requests reach them through
-``Services`` (``request.app.state.services``); nothing connects per request.
+adapter: ``farm_status()``, ``settings()``), the ``DataManager``, the gateway monitor, the
+metrics and the operations registry, and shuts them down in reverse order. Requests reach them
+through ``Services`` (``request.app.state.services``); nothing connects per request.
+
+Beside ``/api/v1``: ``/metrics`` (Prometheus text format; ``metrics.py``, token-protected like
+``/api/v1``), and the OpenAPI pages ``/docs`` (Swagger UI) and ``/redoc`` (ReDoc), whose scripts
+and styles come from the ``fastapi-offline`` package and are served by the app, so they render
+without a network.
 """
 
 from __future__ import annotations
@@ -19,14 +24,16 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as pkg_version
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 
 from ktrdr.api import errors
 from ktrdr.api.bridge import KeyLocks
 from ktrdr.api.cancel import CancellableProvider
 from ktrdr.api.errors import ApiError
 from ktrdr.api.gateway import GatewayMonitor
+from ktrdr.api.metrics import CONTENT_TYPE, ApiMetrics
 from ktrdr.api.operations import OperationRegistry
 from ktrdr.api.settings import ApiSettings
 from ktrdr.data.data_manager import DataManager
@@ -112,8 +119,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         monitor = GatewayMonitor(gateway["host"], gateway["port"],
                                  timeout=settings.probe_timeout, max_age=settings.probe_max_age,
                                  simulated=sim is not None)
+        metrics = ApiMetrics(lambda: adapter.farm_status() or {},
+                             f"{gateway['host']}:{gateway['port']}")
         operations = OperationRegistry(monitor, outage_grace=settings.outage_grace,
-                                       keep=settings.keep_operations, prefix=PREFIX)
+                                       keep=settings.keep_operations, prefix=PREFIX,
+                                       on_finish=metrics.operation_finished)
+        metrics.watch_operations(operations.counts)
+        app.state.metrics = metrics
         app.state.services = Services(settings, adapter, provider, manager, monitor,
                                       operations, KeyLocks(), sim)
         health = await monitor.check()
@@ -139,14 +151,16 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     from ktrdr.api.routes import data, ib, operations
 
     settings = settings or ApiSettings.from_env()
-    app = FastAPI(
+    # Swagger UI (/docs) and ReDoc (/redoc) with their scripts served from the app itself, so
+    # the pages work without a network.
+    app = FastAPIOffline(
         title="ktrdr API",
         version=_version(),
         summary="Historical bars from Interactive Brokers, fetched once and stored locally.",
         description="Errors are RFC 9457 problems (application/problem+json) carrying IB's "
                     "error code, its kind and a hint. When the server has a token "
                     "(KTRDR_API_TOKEN), every /api/v1 endpoint needs "
-                    "'Authorization: Bearer <token>'.",
+                    "`Authorization: Bearer <token>` (so does /metrics).",
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -157,4 +171,19 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     api.include_router(operations.router)
     api.include_router(ib.router)
     app.include_router(api)
+    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], tags=["metrics"],
+                      summary="The farm's and the API's metrics (Prometheus text format)",
+                      dependencies=[Depends(require_token)], response_class=Response,
+                      responses={200: {"content": {CONTENT_TYPE: {}},
+                                       "description": "Prometheus text exposition format"},
+                                 **errors.responses(401)})
     return app
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """``ibfarm_*`` (requests by kind and outcome, IB errors by code, pacer waits by rule,
+    workers by state, restarts, memory; read from the farm's status now) and ``ktrdr_*``
+    (operations by state and duration, bars stored)."""
+    metrics: ApiMetrics = request.app.state.metrics
+    body = await asyncio.to_thread(metrics.render)
+    return Response(body, media_type=CONTENT_TYPE)

@@ -141,7 +141,8 @@ def _frame_report(frame: pd.DataFrame, symbol: str, timeframe: str,
         start=frame.index[0].to_pydatetime() if len(frame) else None,
         end=frame.index[-1].to_pydatetime() if len(frame) else None,
         requests=int(attrs.get("requests") or 0), gaps_left=int(attrs.get("gaps_left") or 0),
-        clamped_start=attrs.get("clamped_start"), seconds=round(seconds, 3))
+        fetched_rows=attrs.get("fetched_rows"), clamped_start=attrs.get("clamped_start"),
+        seconds=round(seconds, 3))
 
 
 def _result(reports: list[SymbolReport]) -> LoadResult:

@@ -144,11 +144,16 @@ class OperationRegistry:
         keep: finished operations remembered.
         threads: size of the thread pool for the operations' blocking work.
         prefix: the API's path prefix (for ``href`` and problem instances).
+        on_finish: called once per operation as it finishes, with its kind, final state,
+            seconds it ran (None if it never started) and result (the metrics' hook).
     """
 
     def __init__(self, monitor: GatewayMonitor | None = None, *, outage_grace: float = 10.0,
-                 keep: int = 200, threads: int = 8, prefix: str = "/api/v1"):
+                 keep: int = 200, threads: int = 8, prefix: str = "/api/v1",
+                 on_finish: Callable[[str, str, float | None, LoadResult | None], None]
+                 | None = None):
         self.monitor = monitor
+        self.on_finish = on_finish
         self.outage_grace = outage_grace
         self.keep = keep
         self.prefix = prefix
@@ -182,6 +187,14 @@ class OperationRegistry:
 
     def running(self) -> int:
         return sum(1 for op in self._ops.values() if not op.status.finished)
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Operations known now, by ``(kind, state)``."""
+        out: dict[tuple[str, str], int] = {}
+        for op in list(self._ops.values()):
+            key = (op.kind.value, op.status.value)
+            out[key] = out.get(key, 0) + 1
+        return out
 
     def _find(self, op_id: str) -> _Operation:
         op = self._ops.get(op_id)
@@ -223,6 +236,12 @@ class OperationRegistry:
         if result is not None:
             op.result = result
         op.finished_at = _now()
+        if self.on_finish is not None:
+            ran = (op.finished_at - op.started_at).total_seconds() if op.started_at else None
+            try:
+                self.on_finish(op.kind.value, status.value, ran, op.result)
+            except Exception:  # metrics must never fail an operation
+                log.exception("on_finish hook failed")
 
     def _instance(self, op: _Operation) -> str:
         return f"{self.prefix}/operations/{op.id}"

@@ -151,7 +151,7 @@ class SymbolReport:
 @dataclass
 class ProgressEvent:
     """Sent to a ``progress`` callback once per symbol before fetching (``requests_done``
-    0) and once per provider request as it lands.
+    0; ``requests_total`` 0: nothing missing) and once per provider request as it lands.
 
     Attributes:
         symbol, timeframe: whose request.
@@ -494,6 +494,9 @@ class DataManager:
                     await self._plan(job, mode, start, end, now, head)
                 except Exception as exc:
                     _fail(job, exc)
+            for job in live:  # the others hear from _fetch
+                if job.report.ok and not job.requests:
+                    _emit(progress, ProgressEvent(job.symbol, 0, 0, timeframe=job.timeframe))
             await self._fetch([j for j in live if j.report.ok and j.requests], progress)
             for job in live:
                 self._finish(job, now)

@@ -343,6 +343,13 @@ class IbDataAdapter(ExternalDataProvider):
         if farm is not None and owned:
             farm.shutdown(wait=True, cancel_futures=True)
 
+    def abort(self) -> None:
+        """Stop at once (Ctrl-C): the farm this adapter started takes no more work and drops
+        what is queued or at IB; every waiting caller gets an error now. Does not wait."""
+        farm = self._farm
+        if farm is not None and self._owns_farm:
+            farm.shutdown(wait=False, cancel_futures=True, cancel_running=True)
+
     async def close(self) -> None:
         await asyncio.to_thread(self.shutdown)
 

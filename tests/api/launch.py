@@ -22,7 +22,7 @@ def main() -> None:
     args = parser.parse_args()
     farm = FarmConfig.from_env()
     if args.no_retry and hasattr(farm, "retry"):
-        from ibfarm.errors import RetryPolicy
+        from ibfarm.config import RetryPolicy
 
         farm = farm.replace(retry=RetryPolicy(max_attempts=1))
     settings = ApiSettings.from_env(port=args.port, farm=farm)

@@ -6,6 +6,7 @@ The server here has a token and a farm that does not retry (``tests.api.launch
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from ibfarm import IbFarm
@@ -46,6 +47,14 @@ def test_writes_need_the_token_too(api):
 
 def test_the_token_lets_requests_through(api):
     assert api.client.get("/health").status_code == 200
+
+
+def test_metrics_need_the_token(api):
+    response = httpx.get(api.url + "/metrics", timeout=30)
+    assert response.status_code == 401 and "KTRDR_API_TOKEN" in response.json()["hint"]
+    response = httpx.get(api.url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"},
+                         timeout=30)
+    assert response.status_code == 200 and "ibfarm_up 1.0" in response.text
 
 
 def test_pacing_violation_is_429_with_retry_after(api, gateway):

@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 
 from ibfarm import BarRequest
+from ibfarm.config import RetryPolicy
 from ibfarm.errors import (
     ClientIdInUseError,
     ContractNotFoundError,
@@ -18,7 +19,6 @@ from ibfarm.errors import (
     NoPermissionError,
     PacingViolationError,
     RequestTimeoutError,
-    RetryPolicy,
     TooManyRequestsError,
 )
 from ibfarm.pacing import PacingPolicy

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
@@ -13,7 +15,6 @@ from ibfarm import BAR_SCHEMA, BarRequest, IbFarm
 from ibfarm.errors import (
     ContractNotFoundError,
     ErrorKind,
-    IbError,
     InvalidRequestError,
     RequestTimeoutError,
 )
@@ -86,10 +87,14 @@ def test_illegal_bar_size_fails_at_once_and_at_the_gateway(farm):
     assert isinstance(error, InvalidRequestError) and error.code == 321
 
 
-def test_too_long_duration_is_a_typed_ib_error(farm):
-    # IB's step table binds bars of 30 s and less only.
-    error = farm.historical_bars(BarRequest("AAPL", "1 secs", "2000 S", end=END)).exception(WAIT)
-    assert isinstance(error, IbError) and error.code == 162
+@pytest.mark.parametrize("bar_size, duration, text", [
+    ("1 secs", "1 D", "step table"),  # beyond IB's step table for small bars
+    ("1 min", "400 D", "at most 365 days"),  # IB: 321 'bH', "must be made in years"
+])
+def test_what_ib_would_refuse_is_refused_before_sending(sim, farm, bar_size, duration, text):
+    error = farm.historical_bars(BarRequest("AAPL", bar_size, duration, end=END)).exception(1)
+    assert isinstance(error, InvalidRequestError) and error.code == 0 and text in str(error)
+    assert sim.stats()["requests"].get("historical", 0) == 0
 
 
 def test_stalled_request_times_out_and_is_cancelled_at_the_gateway(sim, make_farm):
@@ -123,8 +128,9 @@ def test_submit_runs_functions_with_the_workers_ib(farm):
     assert farm.submit(fns.client_id).result(WAIT) == 1
     with pytest.raises(ValueError, match="boom"):
         farm.submit(fns.boom).result(WAIT)
+    assert farm.submit(lambda ib, x: x + 1, 41).result(WAIT) == 42  # travels by value
     with pytest.raises(TypeError, match="cannot send"):
-        farm.submit(lambda ib: 1).result(WAIT)
+        farm.submit(fns.client_id, threading.Lock()).result(WAIT)
 
 
 def test_awaitable_from_asyncio_without_blocking_the_loop(farm):
@@ -159,7 +165,7 @@ def test_status_reports_workers_and_totals(farm):
     (worker,) = status["workers"]
     assert worker["state"] == "ready" and worker["client_id"] == 1
     assert worker["served"] == 1 and worker["errors"] == 0 and worker["in_flight"] == 0
-    assert worker["rss_bytes"] > 10_000_000 and worker["cpu_s"] >= 0 and worker["idle_s"] >= 0
+    assert worker["rss_bytes"] > 10_000_000 and worker["cpu_s"] > 0 and 0 <= worker["idle_s"] < 5
     assert worker["pid"] > 0 and worker["ready_after_s"] < 5
     assert status["farm"]["completed"] == 1 and status["farm"]["workers"] == 1
     assert status["pacer"]["granted"] >= 1
@@ -179,10 +185,22 @@ def test_shutdown_leaves_no_worker_and_refuses_work(sim):
     wait_until(lambda: sim.stats()["connections_open"] == 0, what="connections to close")
 
 
-def test_context_manager_and_executor_map(sim):
-    with IbFarm(port=sim.port) as farm:
+def test_context_manager_and_the_executor_contract(sim):
+    from tests.farm.conftest import worker_processes
+
+    with IbFarm(port=sim.port, max_workers=2) as farm:
         assert list(farm.map(fns.sleep_then, [0.01, 0.02], ["a", "b"])) == ["a", "b"]
-    assert isinstance(farm.submit.__self__, concurrent.futures.Executor)
+        futures = [farm.submit(fns.sleep_then, d, i) for i, d in enumerate((0.6, 0.0, 0.3))]
+        order = [f.result() for f in concurrent.futures.as_completed(futures, timeout=WAIT)]
+        assert order == [1, 2, 0]  # as they finish, not as submitted
+        slow = farm.submit(fns.sleep_then, 30.0, "late")
+        time.sleep(0.2)
+        assert slow.cancel() and slow.cancelled()  # cancellable while it runs
+        done, _ = concurrent.futures.wait([slow], timeout=1)
+        assert slow in done
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        farm.submit(fns.server_time)
+    assert not worker_processes()
 
 
 def test_farm_paces_small_bars_so_the_gateway_sees_no_violation(make_gateway, make_farm):
@@ -197,3 +215,25 @@ def test_farm_paces_small_bars_so_the_gateway_sees_no_violation(make_gateway, ma
     assert all(t.num_rows == 60 for t in tables)
     assert gateway.stats()["pacing_violations"] == 0
     assert farm.status()["pacer"]["waits"] >= 1
+
+
+def test_submit_takes_a_function_defined_in_the_callers_main_script(sim, tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "user_script.py"
+    script.write_text(textwrap.dedent(f"""
+        from ibfarm import IbFarm
+
+        def double_on_worker(ib, x):  # lives in __main__, which workers never import
+            return ib.client.clientId, x * 2
+
+        if __name__ == "__main__":
+            with IbFarm(port={sim.port}) as farm:
+                print(farm.submit(double_on_worker, 21).result(20))
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(1, 42)"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import textwrap
 from array import array
 from datetime import date, datetime, timezone
 from types import SimpleNamespace
@@ -132,3 +134,34 @@ def test_bars_to_columns_intraday_and_daily():
         row = table.to_pylist()[0]
         assert row["timestamp"] == expected
         assert (row["open"], row["volume"], row["wap"], row["bar_count"]) == (1.0, 100.0, 1.2, 7)
+
+
+def _code(source: str, drop: str = "") -> str:
+    """A method's code without comments, whitespace, line breaks, quote style or module
+    prefixes, and without the lines starting with ``drop``."""
+    out = []
+    for line in textwrap.dedent(source).splitlines():
+        line = line.split("#", 1)[0].strip().replace("popen_forkserver.", "")
+        if line and not (drop and line.startswith(drop)):
+            out.append(line)
+    return "".join(out).replace(" ", "").replace("'", '"')
+
+
+def test_worker_popen_launch_is_cpythons_with_only_main_left_out():
+    # WorkerPopen._launch copies CPython's private popen_forkserver.Popen._launch to leave the
+    # caller's __main__ out of the worker. On a Python whose method differs from the copy this
+    # fails, so the copy is reviewed instead of starting workers wrongly.
+    from multiprocessing import popen_forkserver
+
+    from ibfarm.worker import WorkerPopen
+
+    ours = _code(inspect.getsource(WorkerPopen._launch), drop='prep_data.pop("init_main_from_')
+    assert ours == _code(inspect.getsource(popen_forkserver.Popen._launch))
+
+
+def test_from_env_reads_only_what_the_caller_did_not_give():
+    env = {"IB_PORT": "abc", "IB_GATEWAYS": "10.0.0.5:4002", "IBFARM_MAX_WORKERS": "3"}
+    config = FarmConfig.from_env(env, port=4100)
+    assert config.addresses[0].key == "127.0.0.1:4100" and config.max_workers == 3
+    with pytest.raises(ValueError, match="IB_PORT='abc'"):
+        FarmConfig.from_env(env)

@@ -104,7 +104,6 @@ def test_a_cancelled_backfill_keeps_what_arrived_and_a_rerun_completes(tmp_path)
             farm.shutdown(wait=True, cancel_futures=True)
 
 
-@pytest.mark.xfail(strict=True, reason="needs the farm to cancel queued and sent requests")
 def test_cancelling_leaves_nothing_in_the_farm(tmp_path):
     with gateways() as make:
         # slow answers, one at a time: most requests are still queued when the task is
@@ -129,7 +128,6 @@ def test_cancelling_leaves_nothing_in_the_farm(tmp_path):
             farm.shutdown(wait=True, cancel_futures=True)
 
 
-@pytest.mark.xfail(strict=True, reason="needs the farm to hold work across maintenance")
 def test_a_backfill_across_a_maintenance_window_completes(tmp_path):
     with gateways() as make:
         gw = make(pacing="off")
