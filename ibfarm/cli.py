@@ -237,7 +237,10 @@ def _fetch(request, gateway: clikit.Gateway, timeout: float):
         except IbError as exc:
             if exc.kind is ErrorKind.CONNECTION:
                 raise clikit.fail(clikit.unreachable(gateway, _reason(exc.message))) from None
-            raise clikit.fail(f"{exc} ({exc.kind.value})") from None
+            message = f"{exc} ({exc.kind.value})"
+            if request.sec_type == "CASH" and request.what_to_show == "TRADES":
+                message += "\n" + _empty_hint(request)  # IB refuses it: 162 "... Last 1d"
+            raise clikit.fail(message) from None
 
 
 def _reason(message: str) -> str:

@@ -111,10 +111,11 @@ def test_forex_defaults_to_midpoint_and_says_so():
     assert int(result.output.strip().splitlines()[-1].split()[0]) > 20
 
 
-def test_forex_trades_comes_back_empty_with_a_hint():
+def test_forex_trades_is_refused_with_a_hint():
+    # IB refuses TRADES on forex: 162 "No historical market data for EUR/CASH@FXSUBPIP Last 1d"
     result = runner.invoke(app, ["fetch", "EUR.USD", "--what-to-show", "TRADES", "--sim"])
-    assert result.exit_code == 0, result.output
-    assert "0 bars of EUR.USD" in result.output
+    assert result.exit_code == 1, result.output
+    assert "162" in result.output and "CASH@" in result.output
     assert "hint: forex has no TRADES data" in result.output and "MIDPOINT" in result.output
 
 
