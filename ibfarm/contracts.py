@@ -1,10 +1,17 @@
 """Symbols to contracts, IB's time-zone ids to IANA zones, and IB's trading-hours strings to
-UTC sessions."""
+UTC sessions.
+
+``iana_zone`` is the one place where IB's ``timeZoneId`` values become IANA zones, and
+``parse_hours`` the one parser of IB's ``tradingHours`` / ``liquidHours`` strings: one pass
+gives the sessions (any number per trading date: lunch breaks, overnight sessions) and the
+days listed as closed.
+"""
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ibfarm.backend import Contract, Forex, Future, Index, Stock
@@ -133,24 +140,59 @@ def make_contract(
     return contract
 
 
-def parse_trading_hours(hours: str, time_zone: str) -> list[tuple[datetime, datetime]]:
-    """IB's trading-hours (or liquid-hours) string as UTC session intervals.
+@dataclass(frozen=True)
+class TradingSession:
+    """One session of an IB hours string: ``[start, end)`` in UTC, and the trading date it
+    belongs to (the date of its end on the exchange's clock: FX's Sunday-evening session and
+    CBOT's 19:00 overnight session belong to the next day)."""
+
+    trading_date: date
+    start: datetime
+    end: datetime
+
+
+@dataclass(frozen=True)
+class TradingHours:
+    """An IB hours string, parsed: the zone it was read in, its sessions (sorted) and the
+    dates it lists as ``CLOSED``."""
+
+    zone: str
+    sessions: tuple[TradingSession, ...] = ()
+    closed: tuple[date, ...] = ()
+
+    def dates(self) -> list[date]:
+        """Every date the string speaks of (trading or closed), sorted."""
+        return sorted({s.trading_date for s in self.sessions} | set(self.closed))
+
+
+def parse_hours(hours: str, time_zone: str | None, exchange: str | None = None) -> TradingHours:
+    """IB's ``tradingHours`` / ``liquidHours`` string, parsed in one pass.
 
     Sessions look like ``"20241125:0930-20241125:1600"``; a session may end on a later date
-    (FX: ``"20241124:1715-20241125:1700"``); ``"20241128:CLOSED"`` days are skipped. Times are
-    in the contract's ``timeZoneId``; the result is sorted and in UTC.
+    (FX: ``"20241124:1715-20241125:1700"``); a date may have several sessions (HKEX's
+    ``0930-1200`` and ``1300-1600``, CBOT's overnight and day sessions); ``"20241128:CLOSED"``
+    lists a closed day. Times are on the wall clock of the contract's ``timeZoneId``, which
+    goes through ``iana_zone`` (an unknown or empty id falls back to the exchange's zone).
 
     Args:
         hours: ``ContractDetails.tradingHours`` or ``liquidHours``.
         time_zone: ``ContractDetails.timeZoneId``, e.g. ``"US/Eastern"``.
+        exchange: the contract's exchange, to settle abbreviations and unknown zones.
 
     Raises:
         ValueError: a session is not in IB's format.
     """
-    zone = ZoneInfo(time_zone) if time_zone else timezone.utc
-    sessions = []
-    for part in filter(None, (p.strip() for p in hours.split(";"))):
+    zone_name = iana_zone(time_zone, exchange) if (time_zone or exchange) else "UTC"
+    zone = ZoneInfo(zone_name)
+    sessions: list[TradingSession] = []
+    closed: list[date] = []
+    for part in filter(None, (p.strip() for p in (hours or "").split(";"))):
         if part.upper().endswith("CLOSED"):
+            day = part.split(":", 1)[0]
+            try:
+                closed.append(datetime.strptime(day, "%Y%m%d").date())
+            except ValueError:
+                raise ValueError(f"bad closed day {part!r}") from None
             continue
         try:
             start_text, end_text = part.split("-", 1)
@@ -158,8 +200,24 @@ def parse_trading_hours(hours: str, time_zone: str) -> list[tuple[datetime, date
             end = _parse_stamp(end_text, zone, start)
         except ValueError as exc:
             raise ValueError(f"bad trading-hours session {part!r}: {exc}") from None
-        sessions.append((start.astimezone(timezone.utc), end.astimezone(timezone.utc)))
-    return sorted(sessions)
+        trading_date = end.date() if end.time() != datetime.min.time() else \
+            end.date() - timedelta(days=1)
+        sessions.append(TradingSession(trading_date, start.astimezone(timezone.utc),
+                                       end.astimezone(timezone.utc)))
+    sessions.sort(key=lambda s: s.start)
+    trading = {s.trading_date for s in sessions}
+    return TradingHours(zone_name, tuple(sessions),
+                        tuple(sorted(set(closed) - trading)))
+
+
+def parse_trading_hours(hours: str, time_zone: str) -> list[tuple[datetime, datetime]]:
+    """IB's trading-hours (or liquid-hours) string as sorted UTC ``(start, end)`` intervals
+    (``parse_hours`` without the trading dates and closed days).
+
+    Raises:
+        ValueError: a session is not in IB's format.
+    """
+    return [(s.start, s.end) for s in parse_hours(hours, time_zone).sessions]
 
 
 def _parse_stamp(text: str, zone: ZoneInfo | timezone, start: datetime | None) -> datetime:

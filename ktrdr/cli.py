@@ -148,8 +148,8 @@ def _manager(data_dir: str | None, gateway: Any, latency: float = 0.0,
         else:
             from ktrdr.data.ib_data_adapter import IbDataAdapter
 
-            provider = IbDataAdapter(gateway.host, gateway.port,
-                                     **({"max_workers": workers} if workers else {}))
+            provider = IbDataAdapter.from_env(host=gateway.host, port=gateway.port,
+                                              **({"max_workers": workers} if workers else {}))
         manager = DataManager(data_dir, provider)
         try:
             yield manager, embedded
@@ -158,16 +158,16 @@ def _manager(data_dir: str | None, gateway: Any, latency: float = 0.0,
     finally:
         if embedded is not None:
             embedded.stop()
-        elif provider is not None and provider._farm is not None:
-            provider._farm.shutdown(wait=True, cancel_futures=True)
+        elif provider is not None:
+            provider.shutdown()
 
 
 def _stop_fetching(manager: Any) -> None:
-    """At Ctrl-C: the farm takes no more work and drops what is queued, so the DataManager's
-    outstanding requests end now (what landed is already saved)."""
-    farm = getattr(getattr(manager, "_provider", None), "_farm", None)
-    if farm is not None:
-        farm.shutdown(wait=False, cancel_futures=True, cancel_running=True)
+    """At Ctrl-C: the provider takes no more work and drops what is queued or at IB, so the
+    DataManager's outstanding requests end now (what landed is already saved)."""
+    abort = getattr(manager.provider, "abort", None)
+    if abort is not None:
+        abort()
 
 
 def _gateway(host: str | None, port: int | None, sim: bool, fetches: bool = True) -> Any:
@@ -427,8 +427,8 @@ def backfill(
                 err_console.print(saved_line(view.saved(), stop.name, str(manager.data_dir)),
                                   markup=False, highlight=False, soft_wrap=True)
                 raise
-            status = embedded.farm_status() if embedded is not None else (
-                manager.provider.farm.status() if manager.provider._farm is not None else None)
+            status = embedded.farm_status() if embedded is not None else \
+                manager.provider.farm_status()
     except clikit.Interrupted as stop:
         clikit.exit_now(stop.exit_code)
     except Exception as exc:
@@ -474,7 +474,7 @@ def show(symbol: Symbol, timeframe: Timeframe,
         err_console.print(f"nothing stored for {summary['symbol']} {summary['timeframe']} "
                           f"({summary['path']})")
         raise typer.Exit(1)
-    for key in ("symbol", "timeframe", "rows", "start", "end", "source", "gateway",
+    for key in ("symbol", "timeframe", "rows", "start", "end", "time_zone", "source", "gateway",
                 "fetched_at", "path"):
         console.print(f"{key:>10}: {summary[key]}", highlight=False)
     console.print(frame.tail(rows).to_string())

@@ -33,16 +33,18 @@ class EmbeddedSim:
         pacing: IB's pacing rules for both the gateway and the farm (a preset name or policy).
         now: the gateway's clock (default: real time).
         max_workers: farm worker processes.
+        farm_options: further ``FarmConfig`` fields for the farm (request_timeout, ...).
         gateway_options: further ``SimGateway`` knobs.
     """
 
     def __init__(self, *, latency: float = 0.0, pacing: Any = "ib",
                  now: Callable[[], datetime] | None = None, max_workers: int = 4,
-                 **gateway_options: Any):
+                 farm_options: dict[str, Any] | None = None, **gateway_options: Any):
         self.gateway = SimGateway(port=0, latency=latency, pacing=pacing, now=now,
                                   **gateway_options)
         self.pacing = pacing
         self.max_workers = max_workers
+        self.farm_options = dict(farm_options or {})
         self._adapter: IbDataAdapter | None = None
 
     def start(self) -> EmbeddedSim:
@@ -53,20 +55,20 @@ class EmbeddedSim:
     def provider(self) -> IbDataAdapter:
         """The adapter (with its own farm) connected to the simulated gateway."""
         if self._adapter is None:
+            options = {"max_workers": self.max_workers, "pacing": self.pacing,
+                       "idle_timeout": 60.0, **self.farm_options}
             self._adapter = IbDataAdapter("127.0.0.1", self.gateway.port, source="sim",
-                                          max_workers=self.max_workers, pacing=self.pacing,
-                                          idle_timeout=60.0)
+                                          **options)
         return self._adapter
 
     def farm_status(self) -> dict | None:
-        if self._adapter is None or self._adapter._farm is None:
-            return None
-        return self._adapter.farm.status()
+        """The adapter's farm status (None before the first request)."""
+        return None if self._adapter is None else self._adapter.farm_status()
 
     def stop(self) -> None:
-        if self._adapter is not None and self._adapter._farm is not None:
-            self._adapter._farm.shutdown(wait=True, cancel_futures=True)
-            self._adapter._farm = None
+        """Stop the farm, then the gateway."""
+        if self._adapter is not None:
+            self._adapter.shutdown()
         self.gateway.stop()
 
     def __enter__(self) -> EmbeddedSim:

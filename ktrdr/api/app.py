@@ -1,10 +1,10 @@
 """The FastAPI application: one farm, one DataManager, shared by every request.
 
 ``create_app(settings)`` builds the app; its lifespan starts (optionally) an embedded
-simulated gateway, the ``IbFarm``, the ``IbDataAdapter`` over it, the ``DataManager``, the
-gateway monitor, the metrics and the operations registry, and shuts them down in reverse
-order. Requests reach them through ``Services`` (``request.app.state.services``); nothing
-connects per request.
+simulated gateway, the ``IbDataAdapter`` with its farm (the API reaches IB only through the
+adapter: ``farm_status()``, ``settings()``), the ``DataManager``, the gateway monitor, the
+metrics and the operations registry, and shuts them down in reverse order. Requests reach them
+through ``Services`` (``request.app.state.services``); nothing connects per request.
 
 Beside ``/api/v1``: ``/metrics`` (Prometheus text format; ``metrics.py``, token-protected like
 ``/api/v1``), and the OpenAPI pages ``/docs`` (Swagger UI) and ``/redoc`` (ReDoc), whose scripts
@@ -28,8 +28,6 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
 
-from ibfarm import IbFarm
-from ibfarm.config import FarmConfig
 from ktrdr.api import errors
 from ktrdr.api.bridge import KeyLocks
 from ktrdr.api.cancel import CancellableProvider
@@ -39,6 +37,7 @@ from ktrdr.api.metrics import CONTENT_TYPE, ApiMetrics
 from ktrdr.api.operations import OperationRegistry
 from ktrdr.api.settings import ApiSettings
 from ktrdr.data.data_manager import DataManager
+from ktrdr.data.ib_data_adapter import IbDataAdapter
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +56,8 @@ class Services:
     """What the app's lifespan created; shared by every request."""
 
     settings: ApiSettings
-    farm_config: FarmConfig
-    farm: IbFarm
-    provider: CancellableProvider  # over the IbDataAdapter
+    adapter: IbDataAdapter  # the provider; its farm's settings and status
+    provider: CancellableProvider  # over the adapter
     manager: DataManager
     monitor: GatewayMonitor
     operations: OperationRegistry
@@ -95,48 +93,44 @@ async def require_token(
                        headers={"WWW-Authenticate": 'Bearer realm="ktrdr"'})
 
 
-def _start_data_layer(settings: ApiSettings) -> tuple[FarmConfig, IbFarm, Any, Any]:
-    """The farm, the adapter over it and (with ``settings.sim``) the embedded gateway."""
-    from ktrdr.data.ib_data_adapter import IbDataAdapter
-
-    config = settings.farm_config()
+def _start_data_layer(settings: ApiSettings) -> tuple[IbDataAdapter, Any]:
+    """The adapter (its farm started) and (with ``settings.sim``) the embedded gateway."""
     if settings.sim:
         from ktrdr.sim import EmbeddedSim
 
-        sim = EmbeddedSim(max_workers=config.max_workers).start()
-        adapter = sim.provider()
-        farm = adapter.farm
+        workers = IbDataAdapter.from_env(config=settings.farm).settings()["max_workers"]
+        sim = EmbeddedSim(max_workers=workers).start()
+        adapter = sim.provider().start()
         log.info("embedded simulated gateway on 127.0.0.1:%d", sim.gateway.port)
-        return farm.config, farm, CancellableProvider(adapter), sim
-    farm = IbFarm(config)
-    return config, farm, CancellableProvider(IbDataAdapter(farm=farm, source="ib")), None
+        return adapter, sim
+    return IbDataAdapter.from_env(config=settings.farm, source="ib").start(), None
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: ApiSettings = app.state.settings
-    farm_config, farm, provider, sim = _start_data_layer(settings)
+    adapter, sim = _start_data_layer(settings)
+    provider = CancellableProvider(adapter)
     manager: DataManager | None = None
     operations: OperationRegistry | None = None
     try:
         manager = DataManager(data_dir=settings.data_dir, provider=provider)
-        warm = getattr(manager, "_run", None)
-        if warm is not None:  # start its loop thread now, not in two operations at once
-            await asyncio.get_running_loop().run_in_executor(None, warm, asyncio.sleep(0))
-        monitor = GatewayMonitor(farm_config.host, farm_config.port,
+        gateway = adapter.settings()
+        monitor = GatewayMonitor(gateway["host"], gateway["port"],
                                  timeout=settings.probe_timeout, max_age=settings.probe_max_age,
                                  simulated=sim is not None)
-        metrics = ApiMetrics(farm.status, f"{farm_config.host}:{farm_config.port}")
+        metrics = ApiMetrics(lambda: adapter.farm_status() or {},
+                             f"{gateway['host']}:{gateway['port']}")
         operations = OperationRegistry(monitor, outage_grace=settings.outage_grace,
                                        keep=settings.keep_operations, prefix=PREFIX,
                                        on_finish=metrics.operation_finished)
         metrics.watch_operations(operations.counts)
         app.state.metrics = metrics
-        app.state.services = Services(settings, farm_config, farm, provider, manager, monitor,
+        app.state.services = Services(settings, adapter, provider, manager, monitor,
                                       operations, KeyLocks(), sim)
         health = await monitor.check()
         log.info("API ready (data in %s); IB Gateway %s:%d %s", manager.data_dir,
-                 farm_config.host, farm_config.port,
+                 gateway["host"], gateway["port"],
                  "reachable" if health.reachable else f"unreachable ({health.error})")
         yield
     finally:
@@ -148,8 +142,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if sim is not None:
             await loop.run_in_executor(None, sim.stop)
         else:
-            await loop.run_in_executor(None, lambda: farm.shutdown(wait=True,
-                                                                   cancel_futures=True))
+            await loop.run_in_executor(None, adapter.shutdown)
         log.info("API stopped")
 
 

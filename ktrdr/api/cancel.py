@@ -17,12 +17,12 @@ import threading
 from collections.abc import Coroutine, Iterator
 from typing import Any
 
-from ktrdr.data.external_data_interface import DataProviderError, ExternalDataProvider
+from ktrdr.data.external_data_interface import DataProviderCancelledError, ExternalDataProvider
 
 log = logging.getLogger(__name__)
 
 
-class CancelledByOperation(DataProviderError):
+class CancelledByOperation(DataProviderCancelledError):
     """A provider call of an operation that was cancelled (or stopped by an outage)."""
 
     def __init__(self, message: str = "the operation was cancelled"):
@@ -106,6 +106,9 @@ class CancellableProvider(ExternalDataProvider):
 
     def get_current_time(self) -> Coroutine:  # type: ignore[override]
         return self._guard(self.inner.get_current_time())
+
+    def plan_requests(self, *args: Any, **kwargs: Any) -> Coroutine:  # type: ignore[override]
+        return self._guard(self.inner.plan_requests(*args, **kwargs))
 
     def health_check(self) -> Coroutine:  # type: ignore[override]
         return self.inner.health_check()

@@ -1,16 +1,17 @@
 """Errors as RFC 9457 problem details (``application/problem+json``).
 
-One table, ``PROBLEMS``, says what HTTP status each error kind becomes. The kinds are IB's
-(``ibfarm.errors.ErrorKind``: an unknown symbol, missing permissions, pacing...) plus a few of
-the API's own (``unauthorized``, ``not_found``...). Every problem carries the IB code (when IB
+One table, ``PROBLEMS``, says what HTTP status each error kind becomes. The kinds are the data
+layer's (``DataErrorKind``: an unknown symbol, missing permissions, rate limits...; the data
+provider sets them, the API never looks at IB's own kinds) plus a few of the API's own
+(``unauthorized``, ``not_found``...). Every problem carries the provider's code (IB's, when IB
 sent one), the kind and a hint saying what to do about it::
 
-    {"type": "https://ktrdr.invalid/problems/contract_not_found", "title": "Unknown symbol",
-     "status": 404, "detail": "No security definition has been found for the request",
-     "instance": "/api/v1/symbols/NOPE", "ib_code": 200, "kind": "contract_not_found",
-     "hint": "check the symbol, security type, exchange and currency"}
+    {"type": "https://ktrdr.invalid/problems/unknown_symbol", "title": "Unknown symbol",
+     "status": 404, "detail": "no contract found for 'NOPE' (tried: stock, index, future)",
+     "instance": "/api/v1/symbols/NOPE", "ib_code": 200, "kind": "unknown_symbol",
+     "hint": "check the symbol; forex pairs are written like EUR.USD, ..."}
 
-Pacing problems (429) and an unreachable gateway (503) also carry a ``Retry-After`` header.
+Rate limits (429) and an unreachable gateway (503) also carry a ``Retry-After`` header.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ibfarm.errors import ErrorKind, hint_for
+from ktrdr.data.data_manager import DataError, DataNotFoundError
+from ktrdr.data.external_data_interface import KIND_HINTS, DataErrorKind, DataProviderError
+from ktrdr.data.store import DataCorruptError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,7 @@ class ProblemKind:
     Attributes:
         status: the HTTP status.
         title: a short summary that does not change between occurrences.
-        hint: what to do (IB's kinds take theirs from ``ibfarm.errors.HINTS``).
+        hint: what to do (the data layer's kinds take theirs from ``KIND_HINTS``).
         retry_after: which ``Retry-After`` applies: "pacing", "unavailable", "short" or None.
     """
 
@@ -53,25 +56,22 @@ class ProblemKind:
     retry_after: str | None = None
 
 
-K = ErrorKind
+K = DataErrorKind
 #: Error kind -> HTTP status, title, hint and Retry-After. The one table of the API's errors.
 PROBLEMS: dict[str, ProblemKind] = {
-    # IB's kinds
-    K.CONTRACT_NOT_FOUND: ProblemKind(404, "Unknown symbol"),
-    K.NO_DATA: ProblemKind(404, "No data"),
+    # the data layer's kinds
+    K.UNKNOWN_SYMBOL: ProblemKind(404, "Unknown symbol"),
     K.NO_PERMISSION: ProblemKind(403, "No market-data permission"),
     K.INVALID_REQUEST: ProblemKind(422, "Invalid request"),
-    K.PACING: ProblemKind(429, "IB pacing limit reached", retry_after="pacing"),
-    K.TOO_MANY_REQUESTS: ProblemKind(429, "Too many IB requests open", retry_after="short"),
-    K.CONNECTION: ProblemKind(503, "IB Gateway unavailable", retry_after="unavailable"),
-    K.CLIENT_ID_IN_USE: ProblemKind(503, "IB client id in use", retry_after="unavailable"),
-    K.WORKER_CRASHED: ProblemKind(503, "IB connection worker crashed", retry_after="short"),
-    K.SHUTDOWN: ProblemKind(503, "Shutting down", retry_after="unavailable"),
-    K.TIMEOUT: ProblemKind(504, "IB did not answer in time"),
+    K.RATE_LIMITED: ProblemKind(429, "Rate limit reached", retry_after="pacing"),
+    K.UNAVAILABLE: ProblemKind(503, "Data source unavailable", retry_after="unavailable"),
+    K.MISCONFIGURED: ProblemKind(503, "Data source misconfigured", retry_after="unavailable"),
+    K.TIMEOUT: ProblemKind(504, "No answer in time"),
     K.CANCELLED: ProblemKind(409, "Cancelled"),
-    K.RETRYABLE: ProblemKind(502, "IB error", retry_after="short"),
-    K.INFO: ProblemKind(502, "Unexpected IB notice"),
+    K.FAILED: ProblemKind(502, "Data source error", retry_after="short"),
     # the API's own kinds
+    "shutdown": ProblemKind(503, "Shutting down", "try again once the server is back",
+                            retry_after="unavailable"),
     "unauthorized": ProblemKind(
         401, "Unauthorized", "send 'Authorization: Bearer <token>' with KTRDR_API_TOKEN's value"),
     "not_found": ProblemKind(404, "Not found", "check the path and the identifier"),
@@ -163,89 +163,46 @@ class ApiError(Exception):
             "instance": instance,
             "ib_code": self.ib_code,
             "kind": self.kind,
-            "hint": self.hint or self.spec.hint or _ib_hint(self.kind),
+            "hint": self.hint or self.spec.hint or _kind_hint(self.kind),
         }
         if self.errors is not None:
             doc["errors"] = self.errors
         return doc
 
 
-def _ib_hint(kind: str) -> str:
+def _kind_hint(kind: str) -> str:
     try:
-        return hint_for(ErrorKind(kind))
+        return KIND_HINTS[DataErrorKind(kind)]
     except ValueError:
         return ""
 
 
-def _chain(exc: BaseException):
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
-#: The data layer's exceptions by class name (most specific first) -> kind, for provider
-#: errors that do not carry an ``IbError`` as their cause, and for store errors.
-_CLASS_KINDS: tuple[tuple[str, str], ...] = (
-    ("CancelledByOperation", ErrorKind.CANCELLED.value),
-    ("DataProviderNotFoundError", ErrorKind.CONTRACT_NOT_FOUND.value),
-    ("DataProviderPermissionError", ErrorKind.NO_PERMISSION.value),
-    ("DataProviderInvalidRequestError", ErrorKind.INVALID_REQUEST.value),
-    ("DataProviderRateLimitError", ErrorKind.PACING.value),
-    ("DataProviderConnectionError", ErrorKind.CONNECTION.value),
-    ("DataProviderConfigError", ErrorKind.CONNECTION.value),
-    ("DataProviderDataError", ErrorKind.INVALID_REQUEST.value),
-    ("DataProviderError", ErrorKind.RETRYABLE.value),
-    ("DataCorruptError", "store_corrupt"),
-    ("DataNotFoundError", "not_found"),
-)
-
-
-def _class_kind(err: BaseException) -> str | None:
-    names = {cls.__name__ for cls in type(err).__mro__}
-    return next((kind for name, kind in _CLASS_KINDS if name in names), None)
-
-
 def to_api_error(exc: BaseException) -> ApiError:
-    """The problem an exception stands for.
+    """The problem an exception stands for, by its type and (provider errors) its ``kind``.
 
-    ``ApiError`` passes through. Otherwise the kind comes from the first ``IbError`` (or
-    other exception with a known ``kind``) along the cause chain, else from the data layer's
-    exception class (``_CLASS_KINDS``); the detail and hint come from the outermost provider
-    error when there is one (it says which request failed). Time-outs are 504, ``ValueError``
-    is bad input (422), anything else is 500.
+    ``ApiError`` passes through; a ``DataProviderError`` becomes its ``kind``'s problem with
+    its message, code and hint (a rate limit's ``retry_after`` becomes ``Retry-After``); an
+    unreadable stored file is ``store_corrupt``, nothing stored ``not_found``; time-outs are
+    504, other ``ValueError``s (bad symbol, timeframe, range) bad input (422), anything else
+    is 500.
     """
-    chain = list(_chain(exc))
-    for err in chain:
-        if isinstance(err, ApiError):
-            return err
-    kinded = next((e for e in chain if _kind_name(getattr(e, "kind", "")) in PROBLEMS), None)
-    classed = next((e for e in chain if _class_kind(e) is not None), None)
-    if kinded is None and classed is None:
-        if isinstance(exc, (TimeoutError, asyncio.TimeoutError, concurrent.futures.TimeoutError)):
-            return ApiError(ErrorKind.TIMEOUT, str(exc) or "the request timed out")
-        if isinstance(exc, ValueError):
-            return ApiError(ErrorKind.INVALID_REQUEST, str(exc))
-        return ApiError("internal", f"{type(exc).__name__}: {exc}")
-    source = classed if classed is not None else kinded
-    kind = _kind_name(kinded.kind) if kinded is not None else _class_kind(classed)
-    code = _int_attr(kinded, "code") if kinded is not None else None
-    if code is None and classed is not None:
-        code = _int_attr(classed, "error_code")
-    detail = getattr(source, "message", None) or str(source)
-    hint = getattr(source, "hint", None) or getattr(kinded, "hint", None)
-    err = ApiError(kind, str(detail), ib_code=code, hint=hint if isinstance(hint, str) else None)
-    retry_after = getattr(source, "retry_after", None)
-    if isinstance(retry_after, (int, float)) and retry_after > 0:
-        err.headers["Retry-After"] = str(int(round(retry_after)))
-    return err
-
-
-def _int_attr(err: BaseException | None, name: str) -> int | None:
-    value = getattr(err, name, None)
-    return value if isinstance(value, int) and value != 0 else None
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, DataProviderError):
+        err = ApiError(exc.kind, exc.message, ib_code=exc.error_code or None,
+                       hint=exc.hint or None)
+        if exc.kind is DataErrorKind.RATE_LIMITED and exc.retry_after and exc.retry_after > 0:
+            err.headers["Retry-After"] = str(int(round(exc.retry_after)))
+        return err
+    if isinstance(exc, DataCorruptError):
+        return ApiError("store_corrupt", str(exc))
+    if isinstance(exc, DataNotFoundError):
+        return ApiError("not_found", str(exc))
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError, concurrent.futures.TimeoutError)):
+        return ApiError(DataErrorKind.TIMEOUT, str(exc) or "the request timed out")
+    if isinstance(exc, ValueError):
+        return ApiError(DataErrorKind.INVALID_REQUEST, str(exc))
+    return ApiError("internal", f"{type(exc).__name__}: {exc}")
 
 
 def problem_response(err: ApiError, request: Request) -> JSONResponse:
@@ -277,7 +234,7 @@ def install(app: FastAPI) -> None:
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""),
                    "type": e.get("type", "")} for e in exc.errors()]
         detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
-        err = ApiError(ErrorKind.INVALID_REQUEST, detail or "invalid request", errors=errors,
+        err = ApiError(DataErrorKind.INVALID_REQUEST, detail or "invalid request", errors=errors,
                        hint="fix the fields listed in 'errors'")
         return problem_response(err, request)
 
@@ -303,10 +260,5 @@ def install(app: FastAPI) -> None:
 
 
 def _known_exceptions() -> list[type[BaseException]]:
-    from ibfarm.errors import IbError
-    from ktrdr.data.data_manager import DataError
-    from ktrdr.data.external_data_interface import DataProviderError
-    from ktrdr.data.store import StoreError
-
-    return [IbError, DataProviderError, DataError, StoreError, ValueError, TimeoutError,
+    return [DataProviderError, DataError, StoreError, ValueError, TimeoutError,
             concurrent.futures.TimeoutError]

@@ -13,9 +13,9 @@ import logging
 import time
 from datetime import datetime, timezone
 
-from ibfarm.errors import ErrorKind
 from ktrdr.api.errors import ApiError
 from ktrdr.api.models import GatewayHealth
+from ktrdr.data.external_data_interface import DataErrorKind
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +88,11 @@ class GatewayMonitor:
     def unavailable(self) -> ApiError:
         """The problem to answer while the gateway is unreachable."""
         since = f" since {self._down_since:%Y-%m-%d %H:%M:%S} UTC" if self._down_since else ""
-        return ApiError(ErrorKind.CONNECTION,
+        return ApiError(DataErrorKind.UNAVAILABLE,
                         f"IB Gateway at {self.host}:{self.port} is unreachable{since}"
-                        f" ({self.error or 'no connection'})")
+                        f" ({self.error or 'no connection'})",
+                        hint="wait and retry; check that IB Gateway/TWS is running and logged "
+                             "in")
 
     async def require(self) -> None:
         """Raise the 503 problem if the gateway is unreachable now."""

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from ktrdr.data.symbols import SYMBOL_PATTERN
+from ktrdr.data.timeframes import TIMEFRAMES
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -25,17 +26,10 @@ Symbol = Annotated[str, Field(pattern=SYMBOL_PATTERN, examples=["AAPL", "EUR.USD
                               description="IB symbol; BASE.QUOTE for a forex pair")]
 
 
-class Timeframe(str, enum.Enum):
-    """ktrdr's timeframes."""
-
-    m1 = "1m"
-    m5 = "5m"
-    m15 = "15m"
-    m30 = "30m"
-    h1 = "1h"
-    h4 = "4h"
-    d1 = "1d"
-    w1 = "1w"
+#: ktrdr's timeframes, from the data layer's one list (members ``m1``, ``h1``, ``d1``...).
+Timeframe = enum.Enum("Timeframe", [(t[-1] + t[:-1], t) for t in TIMEFRAMES], type=str,
+                      module=__name__)
+Timeframe.__doc__ = "ktrdr's timeframes."
 
 
 class LoadMode(str, enum.Enum):

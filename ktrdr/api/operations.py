@@ -23,7 +23,6 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from ibfarm.errors import ErrorKind
 from ktrdr.api.errors import ApiError, to_api_error
 from ktrdr.api.gateway import GatewayMonitor
 from ktrdr.api.models import (
@@ -36,13 +35,14 @@ from ktrdr.api.models import (
     Problem,
     Progress,
 )
+from ktrdr.data.external_data_interface import DataErrorKind
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Kinds that mean "IB did not answer"; while the gateway is down they become its 503.
-_OUTAGE_KINDS = {ErrorKind.TIMEOUT.value, ErrorKind.CONNECTION.value,
-                 ErrorKind.WORKER_CRASHED.value, ErrorKind.RETRYABLE.value}
+_OUTAGE_KINDS = {DataErrorKind.TIMEOUT.value, DataErrorKind.UNAVAILABLE.value,
+                 DataErrorKind.FAILED.value}
 
 
 class OperationCancelled(Exception):
@@ -168,7 +168,7 @@ class OperationRegistry:
               needs_ib: bool = True) -> Operation:
         """Start ``runner`` as a new operation; returns its first state."""
         if self._closed:
-            raise ApiError(ErrorKind.SHUTDOWN, "the server is shutting down")
+            raise ApiError("shutdown", "the server is shutting down")
         op = _Operation(kind, request, needs_ib)
         op.ctx = OperationContext(op, self._pool)
         self._ops[op.id] = op
@@ -217,7 +217,7 @@ class OperationRegistry:
         """End ``op`` now: cancelled (``abort`` None) or failed with ``abort``."""
         op.abort = abort
         if abort is None:
-            err = ApiError(ErrorKind.CANCELLED, "the operation was cancelled",
+            err = ApiError(DataErrorKind.CANCELLED, "the operation was cancelled",
                            hint="start it again if still needed")
             self._finish(op, OperationStatus.cancelled, problem_of(err, self._instance(op)))
         else:
@@ -331,7 +331,7 @@ class OperationRegistry:
         tasks = [op.task for op in self._ops.values() if op.task is not None]
         for op in list(self._ops.values()):
             if not op.status.finished:
-                self._stop(op, ApiError(ErrorKind.SHUTDOWN, "the server shut down"))
+                self._stop(op, ApiError("shutdown", "the server shut down"))
         if self._watchdog is not None:
             self._watchdog.cancel()
             tasks.append(self._watchdog)

@@ -6,8 +6,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-
-from ibfarm.config import FarmConfig
+from typing import Any
 
 
 @dataclass
@@ -20,7 +19,9 @@ class ApiSettings:
         token: when set, every ``/api/v1`` request needs ``Authorization: Bearer <token>``.
         data_dir: the store's directory (None: the data layer's default).
         sim: start an embedded simulated gateway and fetch from it.
-        farm: the connection farm's settings (None: ``FarmConfig.from_env()``).
+        farm: the connection farm's settings, an ``ibfarm.FarmConfig`` handed to the data
+            provider as it is (None: the provider reads ``IB_HOST``, ``IB_PORT``,
+            ``IBFARM_*``).
         probe_timeout: seconds a gateway reachability probe may take.
         probe_max_age: seconds a probe result is reused before probing again.
         outage_grace: seconds the gateway may stay unreachable before running operations fail.
@@ -36,7 +37,7 @@ class ApiSettings:
     token: str | None = None
     data_dir: str | None = None
     sim: bool = False
-    farm: FarmConfig | None = None
+    farm: Any = None
     probe_timeout: float = 1.0
     probe_max_age: float = 1.0
     outage_grace: float = 10.0
@@ -72,7 +73,3 @@ class ApiSettings:
                     raise ValueError(f"{var}={raw!r} is not a number") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
-
-    def farm_config(self) -> FarmConfig:
-        """The farm's settings (read from the environment unless given)."""
-        return self.farm if self.farm is not None else FarmConfig.from_env()

@@ -81,7 +81,7 @@ def test_symbol_metadata(api):
 
 
 def test_unknown_symbol_is_404_with_ib_code_200(api):
-    body = assert_problem(api.client.get("/symbols/NOPE"), 404, "contract_not_found", 200)
+    body = assert_problem(api.client.get("/symbols/NOPE"), 404, "unknown_symbol", 200)
     assert "NOPE" in body["detail"]
 
 

@@ -64,7 +64,7 @@ def test_pacing_violation_is_429_with_retry_after(api, gateway):
                 connect_timeout=5.0, request_timeout=10.0) as other:
         other.head_timestamp("IBM").result(10)
     response = api.client.get("/symbols/IBM")
-    body = assert_problem(response, 429, "pacing", 162)
+    body = assert_problem(response, 429, "rate_limited", 162)
     assert int(response.headers["retry-after"]) > 0
     assert "pacing" in body["detail"].lower()
     assert gateway.stats()["pacing_violations"] == 1

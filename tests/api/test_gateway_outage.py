@@ -52,15 +52,15 @@ def test_gateway_outage_and_recovery(api, gateway):
         failed = api.wait_operation(op["id"], timeout=GRACE + 3)
         assert failed["status"] == "failed"
         error = failed["error"]
-        assert (error["status"], error["kind"]) == (503, "connection")
+        assert (error["status"], error["kind"]) == (503, "unavailable")
         assert f"127.0.0.1:{gateway.port} is unreachable" in error["detail"]
         assert "IB Gateway" in error["hint"]
 
         refused = api.client.post("/data/load", json={"symbol": "SPY", "timeframe": "1d",
                                                       "start": "2024-01-01", "mode": "full"})
-        assert_problem(refused, 503, "connection")
+        assert_problem(refused, 503, "unavailable")
         assert int(refused.headers["retry-after"]) > 0
-        assert_problem(api.client.get("/symbols/SPY"), 503, "connection")
+        assert_problem(api.client.get("/symbols/SPY"), 503, "unavailable")
     finally:
         gateway.latency = 0.0
         restart.join(DOWN_FOR + 15)

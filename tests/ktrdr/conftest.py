@@ -3,11 +3,15 @@ module, and a fresh data directory per test."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timezone
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from ibfarm import IbFarm
+from ibfarm.contracts import iana_zone
 from ibfarm.sim import SimGateway
 from ktrdr.data.data_manager import DataManager
 from ktrdr.data.ib_data_adapter import IbDataAdapter
@@ -64,13 +68,37 @@ def historical(sim) -> int:
 
 
 def model_bars(sim, symbol: str, sec_type: str, bar_size: str, start: datetime, end: datetime):
-    """The market model's bars (what IB would have), as a dict of numpy arrays."""
+    """The market model's bars (what IB would have), as a dict of numpy arrays, stamped the
+    way ktrdr stamps them: daily bars at midnight of the trading date on the exchange's clock,
+    weekly bars at midnight of their Monday there (the model dates weeks by their last
+    trading date)."""
     what = "MIDPOINT" if sec_type == "CASH" else "TRADES"
+    root, _, exchange = symbol.partition("@")
     if sec_type == "CASH":
-        base, quote = symbol.split(".")
+        base, quote = root.split(".")
         inst = sim.market.resolve(symbol=base, sec_type="CASH", currency=quote)[0]
-    elif sec_type == "FUT":
-        inst = sim.market.resolve(symbol=symbol, sec_type="FUT")[0]
     else:
-        inst = sim.market.resolve(symbol=symbol, sec_type=sec_type)[0]
-    return sim.market.bars(inst, bar_size, start, end, True, what)
+        found = sim.market.resolve(symbol=root, sec_type=sec_type, exchange=exchange)
+        if sec_type == "FUT":
+            found.sort(key=lambda i: i.last_trade_date)
+        inst = found[0]
+    bars = sim.market.bars(inst, bar_size, start, end, True, what)
+    if bar_size in ("1 day", "1 week"):
+        zone = iana_zone(inst.time_zone, inst.primary_exchange or inst.exchange)
+        days = pd.to_datetime(bars.time, unit="s")
+        if bar_size == "1 week":
+            days = days - pd.to_timedelta(np.asarray(days.day_of_week), unit="D")
+        stamps = days.tz_localize(zone).tz_convert("UTC").as_unit("s").asi8
+        bars = dataclasses.replace(bars, time=np.asarray(stamps, dtype=np.int64))
+    return bars
+
+
+def zone_of(sim, symbol: str, sec_type: str) -> str:
+    """The IANA zone of a model instrument."""
+    root, _, exchange = symbol.partition("@")
+    if sec_type == "CASH":
+        base, quote = root.split(".")
+        inst = sim.market.resolve(symbol=base, sec_type="CASH", currency=quote)[0]
+    else:
+        inst = sim.market.resolve(symbol=root, sec_type=sec_type, exchange=exchange)[0]
+    return iana_zone(inst.time_zone, inst.primary_exchange or inst.exchange)

@@ -9,28 +9,52 @@ import pytest
 
 from ibfarm.errors import ErrorKind, IbError, error_from
 from ktrdr.data import external_data_interface as edi
-from ktrdr.data.ib_data_adapter import map_ib_error
+from ktrdr.data.ib_data_adapter import IB_ERRORS, map_ib_error
 
 UTC = timezone.utc
 
 
-@pytest.mark.parametrize("kind,expected", [
-    (ErrorKind.CONTRACT_NOT_FOUND, edi.DataProviderNotFoundError),
-    (ErrorKind.NO_PERMISSION, edi.DataProviderPermissionError),
-    (ErrorKind.INVALID_REQUEST, edi.DataProviderInvalidRequestError),
-    (ErrorKind.PACING, edi.DataProviderRateLimitError),
-    (ErrorKind.TOO_MANY_REQUESTS, edi.DataProviderRateLimitError),
-    (ErrorKind.CONNECTION, edi.DataProviderConnectionError),
-    (ErrorKind.TIMEOUT, edi.DataProviderConnectionError),
-    (ErrorKind.WORKER_CRASHED, edi.DataProviderConnectionError),
-    (ErrorKind.RETRYABLE, edi.DataProviderError),
+D = edi.DataErrorKind
+
+
+@pytest.mark.parametrize("kind,expected,data_kind", [
+    (ErrorKind.CONTRACT_NOT_FOUND, edi.DataProviderNotFoundError, D.UNKNOWN_SYMBOL),
+    (ErrorKind.NO_PERMISSION, edi.DataProviderPermissionError, D.NO_PERMISSION),
+    (ErrorKind.INVALID_REQUEST, edi.DataProviderInvalidRequestError, D.INVALID_REQUEST),
+    (ErrorKind.PACING, edi.DataProviderRateLimitError, D.RATE_LIMITED),
+    (ErrorKind.TOO_MANY_REQUESTS, edi.DataProviderRateLimitError, D.RATE_LIMITED),
+    (ErrorKind.CONNECTION, edi.DataProviderConnectionError, D.UNAVAILABLE),
+    (ErrorKind.TIMEOUT, edi.DataProviderTimeoutError, D.TIMEOUT),
+    (ErrorKind.WORKER_CRASHED, edi.DataProviderConnectionError, D.UNAVAILABLE),
+    (ErrorKind.CLIENT_ID_IN_USE, edi.DataProviderConfigError, D.MISCONFIGURED),
+    (ErrorKind.CANCELLED, edi.DataProviderCancelledError, D.CANCELLED),
+    (ErrorKind.RETRYABLE, edi.DataProviderError, D.FAILED),
 ])
-def test_ib_errors_become_data_layer_errors(kind, expected):
+def test_ib_errors_become_data_layer_errors(kind, expected, data_kind):
     error = map_ib_error(IbError(354, "Not subscribed", kind), "AAPL 1h")
-    assert type(error) is expected
+    assert type(error) is expected and error.kind is data_kind
     assert error.error_code == 354 and error.provider == "IB" and error.hint
     assert "AAPL 1h: Not subscribed" in str(error)
     assert not isinstance(error, IbError)
+    assert (error.retry_after is not None) == (data_kind is D.RATE_LIMITED or
+                                               kind in IB_ERRORS and
+                                               IB_ERRORS[kind].retry_after is not None)
+
+
+def test_every_ib_kind_has_a_data_kind():
+    assert set(IB_ERRORS) == set(ErrorKind)
+    assert {rule.kind for rule in IB_ERRORS.values()} <= set(D)
+
+
+@pytest.mark.parametrize("text,hint", [
+    ("Historical Market Data Service error message:No historical market data for "
+     "EUR/CASH@FXSUBPIP Last 1d", "MIDPOINT"),
+    ("Historical Market Data Service error message:No historical market data for "
+     "SPX/IND@CBOE MidPoint 0", "TRADES"),
+])
+def test_what_to_show_refusals_say_what_to_ask_instead(text, hint):
+    error = map_ib_error(IbError(162, text, ErrorKind.INVALID_REQUEST))
+    assert error.kind is D.INVALID_REQUEST and hint in error.hint
 
 
 def test_unknown_symbol_code_200():

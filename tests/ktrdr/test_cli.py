@@ -317,3 +317,18 @@ def test_backfill_interrupted_then_resumed(tmp_path):
     for symbol in INTERRUPTED:
         got, want = store.read(symbol, "1h").frame, expected.read(symbol, "1h").frame
         assert len(want) > 1000 and got.equals(want), symbol
+
+
+def test_listings_with_an_exchange_on_the_command_line(tmp_path):
+    data = str(tmp_path / "data")
+    result = runner.invoke(app, ["data", "load", "700@sehk", "1d", "--start", "2024-01-02",
+                                 "--end", "2024-07-01", "--mode", "full", "--sim",
+                                 "--data-dir", data])
+    assert result.exit_code == 0, result.output
+    assert "700@SEHK 1d:" in result.output and "0 gaps left" in result.output
+    result = runner.invoke(app, ["data", "gaps", "700@SEHK", "1d", "--start", "2024-01-02",
+                                 "--end", "2024-07-01", "--sim", "--data-dir", data])
+    assert result.exit_code == 0, result.output
+    assert "0 missing range(s)" in result.output
+    result = runner.invoke(app, ["data", "show", "700@SEHK", "1d", "--data-dir", data, "--sim"])
+    assert result.exit_code == 0 and "Asia/Hong_Kong" in result.output, result.output

@@ -95,7 +95,8 @@ def test_backfill_report_and_one_failing_symbol(manager, sim):
     by = {r.symbol: r for r in reports}
     assert by["MSFT"].ok and by["USD.JPY"].ok
     assert by["MSFT"].rows == 250 and by["MSFT"].requests == 1 and by["MSFT"].gaps_left == 0
-    assert by["MSFT"].start == utc(2023, 1, 3) and by["MSFT"].end == utc(2023, 12, 29)
+    # daily bars are stamped at midnight of the trading date in New York
+    assert by["MSFT"].start == utc(2023, 1, 3, 5) and by["MSFT"].end == utc(2023, 12, 29, 5)
     assert "NOSUCH" in by["NOSUCH"].error and "200" in by["NOSUCH"].error
     assert "invalid symbol" in by["../ETC/PASSWD"].error
     assert not list(manager.data_dir.rglob("*NOSUCH*"))
@@ -151,7 +152,7 @@ def test_start_before_head_is_clamped_and_said(manager, sim, caplog):
         frame = manager.load_data("TSLA", "1d", "2009-01-01", "2011-01-01", mode="full")
     assert frame.attrs["clamped_start"] == head
     assert any("before the first available data" in r.message for r in caplog.records)
-    assert frame.index[0] == pd.Timestamp("2010-06-29", tz="UTC")
+    assert frame.index[0] == pd.Timestamp("2010-06-29", tz="America/New_York")
     assert_matches_model(frame, model_bars(sim, "TSLA", "STK", "1 day", utc(2009, 1, 1),
                                            utc(2011, 1, 1)))
     [report] = manager.backfill(["TSLA"], "1d", "2005-01-01", "2011-01-01")

@@ -12,7 +12,6 @@ import pandas as pd
 from ktrdr.data.data_manager import DataManager
 from ktrdr.data.external_data_interface import ContractInfo, ExternalDataProvider
 from ktrdr.data.gaps import SessionCalendar, missing_ranges
-from ktrdr.data.ib_data_adapter import parse_closed_days
 from ktrdr.data.timeframes import as_utc
 
 UTC = timezone.utc
@@ -26,13 +25,18 @@ FX_HOURS = ("20240630:1715-20240701:1700;20240701:1715-20240702:1700;"
             "20240704:1715-20240705:1700;20240706:CLOSED;20240707:CLOSED")
 
 
-def info(hours: str, kind: str = "stock") -> ContractInfo:
-    from ibfarm.contracts import parse_trading_hours
+def info(hours: str, kind: str = "stock", exchange: str | None = None,
+         zone: str = "America/New_York") -> ContractInfo:
+    """Contract information as the IB adapter builds it from contract details."""
+    from ibfarm.contracts import parse_hours
 
-    sessions = tuple((int(a.timestamp()), int(b.timestamp()))
-                     for a, b in parse_trading_hours(hours, "America/New_York"))
-    return ContractInfo("X", kind, time_zone="America/New_York", liquid_hours=hours,
-                        sessions=sessions, closed_days=parse_closed_days(hours))
+    exchange = exchange or ("IDEALPRO" if kind == "forex" else "NYSE")
+    parsed = parse_hours(hours, zone, exchange)
+    sessions = tuple((int(s.start.timestamp()), int(s.end.timestamp()),
+                      s.trading_date.isoformat()) for s in parsed.sessions)
+    return ContractInfo("X", kind, exchange=exchange, time_zone=parsed.zone,
+                        liquid_hours=hours, sessions=sessions,
+                        closed_days=tuple(d.isoformat() for d in parsed.closed))
 
 
 def utc(*args) -> datetime:
@@ -149,3 +153,79 @@ def test_no_data_answers_are_remembered(tmp_path):
     with DataManager(tmp_path, provider) as manager:  # remembered on disk too
         manager.load_data("X", "1h", "2024-06-03", "2024-06-15", mode="full")
     assert len(provider.calls) == 1
+
+
+HK_HOURS = ("20240605:0930-20240605:1200;20240605:1300-20240605:1600;"
+            "20240606:0930-20240606:1200;20240606:1300-20240606:1600;"
+            "20240607:0930-20240607:1200;20240607:1300-20240607:1600;"
+            "20240608:CLOSED;20240609:CLOSED;20240610:CLOSED")
+ZC_HOURS = ("20231204:1900-20231205:0745;20231205:0830-20231205:1320;"
+            "20231205:1900-20231206:0745;20231206:0830-20231206:1320")
+
+
+def test_trading_hours_are_parsed_once_with_their_trading_dates():
+    from ibfarm.contracts import parse_hours
+
+    hours = parse_hours(ZC_HOURS, "US/Central", "CBOT")
+    assert hours.zone == "America/Chicago"
+    assert [s.trading_date for s in hours.sessions] == [date(2023, 12, 5)] * 2 + \
+        [date(2023, 12, 6)] * 2
+    hk = parse_hours(HK_HOURS, "Hongkong", "SEHK")
+    assert hk.closed == (date(2024, 6, 8), date(2024, 6, 9), date(2024, 6, 10))
+    assert len(hk.sessions) == 6
+
+
+def test_every_session_of_a_day_is_kept():
+    cal = SessionCalendar(info(HK_HOURS, exchange="SEHK", zone="Asia/Hong_Kong"))
+    assert len(cal.day_sessions(date(2024, 6, 6))) == 2  # morning and afternoon
+    assert cal.day_sessions(date(2024, 6, 10)) == []     # listed as closed (Tuen Ng)
+    assert not cal.is_trading_day(date(2024, 2, 12))     # Lunar New Year, from the calendar
+    # a lunch break is not a gap: bars in both halves, nothing missing
+    hk = ZoneInfo("Asia/Hong_Kong")
+    stamps = [datetime(2024, 6, 6, h, m, tzinfo=hk) for h, m in
+              ((9, 30), (10, 30), (11, 30), (13, 0), (14, 0), (15, 0))]
+    index = pd.DatetimeIndex(stamps).tz_convert("UTC")
+    fetched = [(int(utc(2024, 6, 6).timestamp()), int(utc(2024, 6, 7).timestamp()))]
+    assert missing_ranges(cal, "1h", utc(2024, 6, 6), utc(2024, 6, 7), utc(2024, 6, 8),
+                          index, fetched) == []
+    # overnight and day sessions of CBOT corn on one trading date
+    zc = SessionCalendar(info(ZC_HOURS, "future", exchange="CBOT", zone="America/Chicago"))
+    night, day = zc.day_sessions(date(2023, 12, 12))  # a date outside IB's sample
+    chicago = ZoneInfo("America/Chicago")
+    assert datetime.fromtimestamp(night[0], chicago) == datetime(2023, 12, 11, 19, 0,
+                                                                 tzinfo=chicago)
+    assert datetime.fromtimestamp(day[1], chicago).strftime("%H:%M") == "13:20"
+    assert zc.day_sessions(date(2023, 12, 25)) == []  # CME's Christmas
+
+
+def test_odd_zones_never_crash():
+    from ibfarm.contracts import iana_zone, parse_hours
+
+    assert iana_zone("IST", "NSE") == "Asia/Kolkata"
+    assert iana_zone("", "LSE") == "Europe/London"
+    assert iana_zone("Mars/Olympus", "SEHK") == "Asia/Hong_Kong"
+    assert parse_hours(STOCK_HOURS, "EST", "NYSE").zone == "America/New_York"
+    odd = ContractInfo("X", "stock", exchange="NOWHERE", time_zone="Not/AZone")
+    cal = SessionCalendar(odd)  # unknown zone and exchange: UTC and weekdays, with warnings
+    assert cal.is_trading_day(date(2024, 6, 3)) and not cal.is_trading_day(date(2024, 6, 8))
+
+
+def test_an_exchange_without_calendar_follows_ibs_hours(caplog):
+    with caplog.at_level("WARNING", logger="ktrdr.data.gaps"):
+        cal = SessionCalendar(info(STOCK_HOURS, exchange="NOWHERE"))
+    assert any("no exchange calendar" in r.message for r in caplog.records)
+    assert cal.is_trading_day(date(2023, 11, 23))  # no holidays beyond what IB listed
+    assert not cal.is_trading_day(date(2024, 7, 4))  # the one IB listed
+
+
+def test_durations_count_trading_days():
+    from ktrdr.data.timeframes import duration_for, segments
+
+    cal = SessionCalendar(info(STOCK_HOURS))
+    # Thu 2024-03-28 .. Tue 2024-04-02: Good Friday and a weekend in between
+    assert duration_for("1h", utc(2024, 3, 28), utc(2024, 4, 3), cal) == "3 D"
+    assert duration_for("1h", utc(2024, 3, 28), utc(2024, 4, 3)) == "6 D"  # calendar days
+    plan = segments("1h", utc(2024, 3, 20), utc(2024, 5, 1), cal)
+    assert [s.duration for s in plan] == ["7 D", "1 M"]  # Mar 20-28 has 7 trading days
+    # a piece without a session is not asked for
+    assert segments("1m", utc(2024, 6, 1), utc(2024, 6, 3), cal) == []

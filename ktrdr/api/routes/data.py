@@ -13,7 +13,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fastapi import APIRouter, Header, Path, Query, Response
 
-from ibfarm.errors import ErrorKind
 from ktrdr.api import bridge, errors
 from ktrdr.api.app import Svc
 from ktrdr.api.errors import ApiError
@@ -29,6 +28,7 @@ from ktrdr.api.models import (
     UtcDatetime,
 )
 from ktrdr.api.operations import OperationContext
+from ktrdr.data.external_data_interface import DataErrorKind
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/data", tags=["data"])
@@ -143,7 +143,7 @@ async def get_bars(
     column (UTC, milliseconds) and float64 ``open, high, low, close, volume``."""
     media = negotiate(accept)
     if start is not None and end is not None and start >= end:
-        raise ApiError(ErrorKind.INVALID_REQUEST, "start must be before end")
+        raise ApiError(DataErrorKind.INVALID_REQUEST, "start must be before end")
     symbol = symbol.upper()
     frame = await bridge.read_stored(svc.manager, symbol, timeframe.value, start, end)
     if frame is None:

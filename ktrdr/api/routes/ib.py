@@ -11,7 +11,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 
-from ibfarm.errors import ErrorKind
 from ktrdr.api import errors
 from ktrdr.api.app import Svc, _version
 from ktrdr.api.errors import ApiError
@@ -27,6 +26,7 @@ from ktrdr.api.models import (
     Timeframe,
     WorkerStatus,
 )
+from ktrdr.data.external_data_interface import DataErrorKind
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["ib"])
@@ -41,7 +41,7 @@ async def health(svc: Svc) -> JSONResponse:
     """``200`` with ``status: ok`` when the gateway's API port answers, else ``503`` with
     ``status: unavailable`` (stored data can still be read)."""
     gateway = await svc.monitor.check()
-    workers = await asyncio.to_thread(svc.farm.status)
+    workers = await asyncio.to_thread(svc.adapter.farm_status) or {"workers": []}
     connected = sum(1 for w in workers["workers"] if w["state"] == "ready")
     body = Health(status="ok" if gateway.reachable else "unavailable", gateway=gateway,
                   workers_connected=connected, operations_running=svc.operations.running(),
@@ -57,17 +57,11 @@ async def health(svc: Svc) -> JSONResponse:
 async def ib_status(svc: Svc) -> IbStatus:
     """Each worker process (pid, client id, state, requests in flight and served, memory),
     the farm's totals, and the shared pacer's counters (open requests, waits per rule)."""
-    status, gateway = await asyncio.gather(asyncio.to_thread(svc.farm.status),
+    status, gateway = await asyncio.gather(asyncio.to_thread(svc.adapter.farm_status),
                                            svc.monitor.check())
-    config = svc.farm_config
-    policy = config.pacing
     return IbStatus(
         gateway=gateway,
-        settings=FarmSettings(
-            host=config.host, port=config.port, max_workers=config.max_workers,
-            client_ids=[config.client_ids.start, config.client_ids.stop - 1],
-            idle_timeout=config.idle_timeout, request_timeout=config.request_timeout,
-            pacing=policy if isinstance(policy, str) else getattr(policy, "name", "custom")),
+        settings=FarmSettings(**svc.adapter.settings()),
         workers=[WorkerStatus(**w) for w in status["workers"]],
         farm=FarmTotals(**status["farm"]),
         pacer=PacerStatus(**status["pacer"]) if status.get("pacer") else None,
@@ -103,7 +97,7 @@ async def symbol_info(
     try:
         info, head = await asyncio.wait_for(ask(), limit)
     except asyncio.TimeoutError:
-        raise ApiError(ErrorKind.TIMEOUT, f"IB did not answer within {limit:g} s (pacing waits "
+        raise ApiError(DataErrorKind.TIMEOUT, f"IB did not answer within {limit:g} s (pacing waits "
                        f"and retries included)") from None
     except Exception as exc:
         raise await svc.operations.explain(exc) from exc
@@ -117,7 +111,7 @@ async def symbol_info(
         description=info.description, min_tick=float(min_tick) if min_tick else None,
         last_trade_date=str(extra.get("last_trade_date") or ""), time_zone=info.time_zone,
         trading_hours=info.trading_hours, liquid_hours=info.liquid_hours,
-        sessions=[Session(start=_utc(a), end=_utc(b)) for a, b in info.sessions],
+        sessions=[Session(start=_utc(a), end=_utc(b)) for a, b, _ in info.sessions],
         closed_days=list(info.closed_days), head_timestamp=head)
     if len(svc.symbols) > 1000:
         svc.symbols.clear()
