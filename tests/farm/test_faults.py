@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from ibfarm import BarRequest
-from ibfarm.errors import IbConnectionError, WorkerCrashedError
+from ibfarm.errors import IbConnectionError, InvalidRequestError, WorkerCrashedError
 from tests.conftest import NOW
 from tests.farm import fns
 from tests.farm.conftest import WAIT, DirectClient, table_from_ib, wait_until
@@ -184,3 +184,33 @@ def test_parent_killed_with_sigkill_leaves_no_worker(make_gateway):
         if parent.poll() is None:
             parent.kill()
             parent.wait(WAIT)
+
+
+def test_a_request_the_gateway_keeps_closing_on_fails_alone(make_gateway, make_farm):
+    # The gateway drops the connection whenever BAD is asked for (as real IB does with a
+    # message it cannot read). BAD fails after max_resends closes; the good requests sent
+    # with it, each time in the same instant, are sent again and complete.
+    gateway = make_gateway(pacing="off", latency=0.2, poison_symbols=["BAD"])
+    farm = make_farm(gateway, max_workers=2, max_resends=3)
+    good = [farm.historical_bars(r) for r in requests_for(12)]
+    bad = farm.historical_bars(BarRequest("BAD", "5 mins", "1 W", end=END))
+    more = [farm.historical_bars(r) for r in requests_for(6)]
+    with pytest.raises(InvalidRequestError, match="closed its connection each of the 3 times"):
+        bad.result(WAIT)
+    tables = [f.result(WAIT) for f in good + more]
+    assert all(t.num_rows > 0 for t in tables)
+    assert gateway.stats()["poisoned"] == 3  # sent exactly max_resends times, then refused
+    assert farm.status()["farm"]["failed"] == 1
+
+
+def test_after_a_restart_the_old_session_holds_the_client_id_for_a_while(make_gateway,
+                                                                         make_farm):
+    gateway = make_gateway(pacing="off", latency=0.2)
+    farm = make_farm(gateway, max_workers=1)
+    assert farm.submit(fns.client_id).result(WAIT) == 1
+    futures = [farm.historical_bars(r) for r in requests_for(6)]
+    time.sleep(0.1)
+    gateway.restart(down_for=0.5, hold_client_ids=3.0)  # 326 for client id 1 for 3 s
+    assert all(f.result(WAIT).num_rows > 0 for f in futures)
+    assert farm.submit(fns.client_id).result(WAIT) != 1  # moved to a free id
+    assert gateway.stats()["errors_sent"].get(326, 0) >= 1
