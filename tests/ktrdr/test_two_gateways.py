@@ -41,7 +41,8 @@ def test_a_backfill_over_two_gateways_survives_one_restarting(tmp_path):
             wait_until(lambda: restart.ident is not None, what="the restart to have run")
             restart.join()
             assert all(r.ok and r.gaps_left == 0 for r in reports), [r.error for r in reports]
-            assert a.stats()["connections_total"] >= 2  # its worker had to reconnect
+            # gateway a's worker reconnects once it is back
+            wait_until(lambda: a.stats()["connections_total"] >= 2, what="a's worker back")
             served = {g["gateway"]: g["served"] for g in farm.status()["gateways"]}
             assert all(n > 0 for n in served.values()), served
             store = BarStore(tmp_path, source="sim")
