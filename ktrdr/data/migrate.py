@@ -13,18 +13,22 @@
   <data_dir>/_flat-layout/AAPL_1h.parquet  the original, moved there once the new files were
                                            read back and hold all its bars and ranges
 
-Each flat file is converted on its own: its bars (seconds become microseconds; IB's -1
-no-value volume becomes null), its fetched ranges and its metadata (source, gateway,
-fetch time, instrument type) are merged into the partition of its source (bars already
-there win: they are newer), read back and compared, and only then is the original moved
-aside. A crash at any point leaves the original in place and a re-run converts it again to
-the same result, so a store is converted exactly once however often it is interrupted. A
-flat file that cannot be read or converted is left where it is; the store then refuses its
-symbol/timeframe with the reason (``BarStore.read``), never the others.
+Each flat file is converted on its own: its bars (seconds become microseconds; IB's -1 no-
+value volume becomes null; daily and weekly bars, stamped at 00:00 UTC of their date in the
+flat layout, are re-stamped at midnight of that date, or of the week's Monday, on the
+exchange's clock, today's convention: the zone comes from the old symbol cache, else the
+symbol's kind: forex and US listings New York), its fetched ranges and its metadata (source,
+gateway, fetch time, instrument type) are merged into the partition of its source (bars
+already there win: they are newer), read back and compared, and only then is the original
+moved aside. A crash at any point leaves the original in place and a re-run converts it
+again to the same result, so a store is converted exactly once however often it is
+interrupted. A flat file that cannot be read or converted is left where it is; the store
+then refuses its symbol/timeframe with the reason (``BarStore.read``), never the others.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -110,6 +114,7 @@ def migrate_flat_layout(data_dir: str | os.PathLike | Location | None) -> Migrat
     backup = location.join(FLAT_BACKUP_DIR)
     stores: dict[str, BarStore] = {}
     cache_entry = None
+    zones = _cached_zones(location, [entry for entry, symbol, _ in found if not symbol])
     for entry, symbol, timeframe in found:
         if not symbol:
             cache_entry = entry
@@ -122,6 +127,7 @@ def migrate_flat_layout(data_dir: str | os.PathLike | Location | None) -> Migrat
             if store is None:
                 store = stores[source] = BarStore(location, source, migrate=False)
             item.rows, item.ranges = len(frame), len(fetched)
+            frame = _restamp(frame, timeframe, zones.get(symbol) or _default_zone(symbol))
             item.target = str(_convert(store, symbol, timeframe, frame, fetched, meta))
             _move_aside(location, entry, backup)
         except FileNotFoundError:
@@ -167,6 +173,49 @@ def migrate_flat_layout(data_dir: str | os.PathLike | Location | None) -> Migrat
                     report.backup,
                     f"; {len(report.failed)} file(s) left unconverted" if report.failed else "")
     return report
+
+
+def _cached_zones(location: Location, caches: list[Entry]) -> dict[str, str]:
+    """Each symbol's exchange zone from the flat layout's symbol cache (if any)."""
+    zones: dict[str, str] = {}
+    for entry in caches:
+        try:
+            data = json.loads(location.read_bytes(entry.path))
+        except (OSError, ValueError) as exc:
+            log.warning("the old symbol cache %s is unreadable (%s); daily and weekly bars "
+                        "are re-stamped by the symbols' kind", location.display(entry.path),
+                        exc)
+            continue
+        for symbol, facts in (data.items() if isinstance(data, dict) else ()):
+            contract = facts.get("contract") if isinstance(facts, dict) else None
+            zone = contract.get("time_zone") if isinstance(contract, dict) else None
+            if isinstance(zone, str) and zone:
+                zones[symbol.upper()] = zone
+    return zones
+
+
+def _default_zone(symbol: str) -> str:
+    """The zone of a flat-layout symbol the cache does not know: the first layout knew US
+    listings (New York) and forex pairs (IDEALPRO keeps New York time)."""
+    return "America/New_York"
+
+
+def _restamp(frame: Any, timeframe: str, zone: str) -> Any:
+    """Daily and weekly bars from 00:00 UTC of their date to today's convention (midnight of
+    the date, or of the week's Monday, on the exchange's clock); other bars as they are."""
+    import pandas as pd
+
+    from ktrdr.data.timeframes import label_stamps
+
+    if timeframe not in ("1d", "1w") or not len(frame):
+        return frame
+    days = frame.index.tz_convert("UTC").tz_localize(None).normalize()
+    if timeframe == "1w":
+        days = days - pd.to_timedelta(days.dayofweek, unit="D")
+    out = frame.copy()
+    out.index = label_stamps(days, zone).as_unit(frame.index.unit)
+    out.index.name = frame.index.name
+    return out[~out.index.duplicated(keep="last")]
 
 
 def _read_flat(location: Location, entry: Entry) -> tuple[Any, list[tuple[int, int]], dict]:

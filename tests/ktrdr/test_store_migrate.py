@@ -65,6 +65,10 @@ def originals(tmp_path_factory, provider):
     flat = tmp_path_factory.mktemp("flat")
     for name, (symbol, timeframe, source) in FLAT.items():
         frame, fetched = content[name]
+        if timeframe == "1d":  # the flat layout stamped a daily bar 00:00 UTC of its date
+            frame = frame.copy()
+            frame.index = frame.index.tz_convert("America/New_York").tz_localize(
+                None).normalize().tz_localize("UTC")
         meta = {"provider": "IB", "gateway": "127.0.0.1:4002",
                 "fetched_at": "2024-06-07T20:59:00+00:00", "instrument_type": None}
         if source is not None:
