@@ -9,8 +9,11 @@ OTHER_VENV := .venv-$(subst _,-,$(OTHER))
 OTHER_PY := $(OTHER_VENV)/bin/python
 OTHER_STAMP := $(OTHER_VENV)/.installed
 # The tests that speak to IB through the client library (the farm's workers, the simulator's
-# unmodified clients, the adapter): run again on the other library.
-BACKEND_TESTS ?= tests/farm tests/sim tests/ktrdr/test_adapter.py tests/real
+# unmodified clients, the adapter): run again on the other library (`make test-all-backends`
+# runs the whole suite on both).
+BACKEND_TESTS ?= tests/sim/test_insync_client.py tests/sim/test_faults.py \
+	tests/farm/test_farm.py tests/farm/test_error_kinds.py tests/farm/test_faults.py \
+	tests/farm/test_maintenance.py tests/ktrdr/test_adapter.py tests/real
 
 .PHONY: demo test test-main test-other test-all-backends lint bench clean
 
