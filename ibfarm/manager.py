@@ -1008,12 +1008,14 @@ class Manager:
             handle.lane.workers.pop(handle.worker_id, None)
             items = list(handle.in_flight.values())
             handle.in_flight.clear()
-            clean = handle.retiring and exitcode == 0
+            clean = (handle.retiring or self.shutting_down) and exitcode == 0
             if not clean:
                 self.totals["crashed"] += 1
-                log.warning("worker %d (pid %s, client id %d) %s with %d request(s) in flight",
-                            handle.worker_id, handle.process.pid, handle.client_id,
-                            describe_exit(exitcode), len(items))
+                # during shutdown a worker ended by the same signal as its parent is expected
+                level = logging.INFO if self.shutting_down else logging.WARNING
+                log.log(level, "worker %d (pid %s, client id %d) %s with %d request(s) in "
+                        "flight", handle.worker_id, handle.process.pid, handle.client_id,
+                        describe_exit(exitcode), len(items))
             for item in items:
                 self._unsend(item)
                 item.deaths += 1

@@ -4,8 +4,10 @@ the wire form matters, the official ``ibapi``."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
+import time
 from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -44,15 +46,25 @@ def client(clock: datetime, client_id: int = 1, **knobs):
             ib.disconnect()
 
 
-def error_of(ib, call, *args, **kwargs) -> tuple[int, str]:
-    """(code, text) of the error a request ends in (ib_async passes some codes as warnings)."""
+def error_of(ib, call, *args, timeout: float = 10.0, **kwargs) -> tuple[int, str]:
+    """(code, text) of the error a request gets, as soon as it arrives (ib_async passes some
+    codes as warnings and would wait for an answer that never comes)."""
     before = len(ib.errors)
-    with contextlib.suppress(RequestError):
-        call(*args, **kwargs)
-    # (a 366 may follow an earlier request that timed out: not this request's answer)
-    mine = [(c, t) for rid, c, t in ib.errors[before:] if rid > 0 and c != 366]
-    assert mine, "the request got no error"
-    return mine[0]
+    request = asyncio.ensure_future(getattr(ib, call.__name__ + "Async")(*args, **kwargs))
+    deadline = time.monotonic() + timeout
+
+    def mine() -> list[tuple[int, str]]:
+        # (a 366 may follow an earlier request that timed out: not this request's answer)
+        return [(c, t) for rid, c, t in ib.errors[before:] if rid > 0 and c != 366]
+
+    while not mine() and not request.done() and time.monotonic() < deadline:
+        ib.sleep(0.005)
+    if not request.done():
+        request.cancel()
+    with contextlib.suppress(RequestError, asyncio.CancelledError):
+        ib.run(request)
+    assert mine(), "the request got no error"
+    return mine()[0]
 
 
 def minutes(gw: SimGateway, symbol: str, start: datetime, end: datetime, what="TRADES"):
@@ -144,7 +156,7 @@ def test_7_duration_rules():
         assert len(three_months) > 60 * 390                    # no step table for 1 min
         assert len(ib.reqHistoricalData(AAPL, "", "2 Y", "1 hour", "TRADES", True, 2)) > 3000
         code, text = error_of(ib, ib.reqHistoricalData, AAPL, "", "366 D", "1 day", "TRADES",
-                              True, 2, timeout=3)
+                              True, 2)
         assert code == 321 and text == (
             "Error validating request.-'bH' : cause - Historical data requests for durations "
             "longer than 365 days must be made in years.")
@@ -159,7 +171,7 @@ def test_7_duration_rules():
 def test_8_only_ibs_own_bar_size_spellings(spelling):
     with client(SUNDAY) as (_, ib):
         code, text = error_of(ib, ib.reqHistoricalData, AAPL, "", "1 D", spelling, "TRADES",
-                              True, 2, timeout=3)
+                              True, 2)
         assert code == 321
         assert text.endswith("Historical data bar size setting is invalid. Legal ones are: "
                              "1 secs, 5 secs, 10 secs, 15 secs, 30 secs, 1 min, 2 mins, 3 mins, "
@@ -263,14 +275,14 @@ def test_16_end_date_rules():
     end = "20250411 20:00:00 UTC"
     with client(SUNDAY) as (gw, ib):
         code, text = error_of(ib, ib.reqHistoricalData, AAPL, end, "1 D", "1 hour", "TRADES",
-                              True, 2, keepUpToDate=True, timeout=3)
+                              True, 2, keepUpToDate=True)
         assert (code, text) == (321, "End date not supported with live updates")
         live = ib.reqHistoricalData(AAPL, "", "1 D", "1 hour", "TRADES", True, 2,
                                     keepUpToDate=True)
         assert len(live) == 7        # served; no updates stream afterwards
         ib.cancelHistoricalData(live)
         code, text = error_of(ib, ib.reqHistoricalData, AAPL, end, "1 D", "1 day",
-                              "ADJUSTED_LAST", True, 2, timeout=3)
+                              "ADJUSTED_LAST", True, 2)
         assert (code, text) == (321, "End date not supported with adjusted last")
         adjusted = ib.reqHistoricalData(AAPL, "", "5 D", "1 day", "ADJUSTED_LAST", True, 2)
         trades = ib.reqHistoricalData(AAPL, "", "5 D", "1 day", "TRADES", True, 2)
