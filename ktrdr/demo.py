@@ -1,6 +1,7 @@
 """``make demo``: a parallel backfill of 8 symbols (stocks and forex), 1-hour bars over two
-years, on an embedded simulated IB Gateway with IB's pacing rules; then the summary, the
-farm's status, and a second run that finds nothing missing.
+years, on an embedded simulated IB Gateway with IB's pacing rules and its model of IB's answer
+times (scaled down ten times); then the summary, the farm's status, and a second run that
+finds nothing missing.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from ktrdr.sim import EmbeddedSim
 SYMBOLS = ["AAPL", "MSFT", "NVDA", "TSLA", "SPY", "EUR.USD", "GBP.USD", "USD.JPY"]
 TIMEFRAME = "1h"
 YEARS = 2
-LATENCY = 0.05
+#: The simulator's model of IB's answer times (a request's time grows with its bars: a day of
+#: 1-minute bars about 0.6 s), divided by this so the demo takes seconds.
+LATENCY_SCALE = 10.0
 
 
 def main() -> None:
@@ -27,10 +30,11 @@ def main() -> None:
     end = datetime.now(timezone.utc)
     start = end - timedelta(days=365 * YEARS)
     console.print(f"[bold]ktrdr demo[/bold]: backfill {len(SYMBOLS)} symbols, {TIMEFRAME} bars, "
-                  f"{start:%Y-%m-%d} .. now, simulated IB Gateway ({LATENCY * 1000:.0f} ms "
-                  f"latency, IB's pacing rules), 4 farm workers; data in {data_dir}")
+                  f"{start:%Y-%m-%d} .. now, simulated IB Gateway (IB's answer times / "
+                  f"{LATENCY_SCALE:g}, IB's pacing rules), 4 farm workers; data in {data_dir}")
     try:
-        with EmbeddedSim(latency=LATENCY, pacing="ib", max_workers=4) as sim:
+        with EmbeddedSim(latency="ib", latency_scale=LATENCY_SCALE, pacing="ib",
+                         max_workers=4) as sim:
             manager = DataManager(data_dir, sim.provider())
             try:
                 began = time.monotonic()

@@ -29,7 +29,8 @@ class EmbeddedSim:
     """A simulated gateway in this process plus the adapter (and farm) that talks to it.
 
     Args:
-        latency: seconds the gateway waits before each historical answer.
+        latency: seconds the gateway waits before each historical answer, or "ib": its model
+            of IB's answer times (``latency_scale`` divides it).
         pacing: IB's pacing rules for both the gateway and the farm (a preset name or policy).
         now: the gateway's clock (default: real time).
         max_workers: farm worker processes.
@@ -37,7 +38,7 @@ class EmbeddedSim:
         gateway_options: further ``SimGateway`` knobs.
     """
 
-    def __init__(self, *, latency: float = 0.0, pacing: Any = "ib",
+    def __init__(self, *, latency: float | str = 0.0, pacing: Any = "ib",
                  now: Callable[[], datetime] | None = None, max_workers: int = 4,
                  farm_options: dict[str, Any] | None = None, **gateway_options: Any):
         self.gateway = SimGateway(port=0, latency=latency, pacing=pacing, now=now,
