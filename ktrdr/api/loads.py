@@ -93,7 +93,7 @@ class ProgressSink:
         text = f"{event.symbol}: {event.requests_done}/{event.requests_total} requests"
         if event.error:
             text += f" ({event.error})"
-        self.ctx.progress(*self.counts(), f"{text}; {self.rows:,} bars fetched")
+        self.ctx.progress(*self.counts(), f"{text}; {self.rows:,} bars fetched", self.rows)
 
     def counts(self) -> tuple[int, int | None]:
         """Requests done, and in all (None until every symbol has reported)."""

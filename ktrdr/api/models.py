@@ -133,9 +133,10 @@ class OperationStatus(str, enum.Enum):
 
 
 class Progress(BaseModel):
-    done: int = Field(0, description="steps done (symbols or segments)")
-    total: int | None = Field(None, description="steps in all, when known")
+    done: int = Field(0, description="provider requests done (over all symbols)")
+    total: int | None = Field(None, description="provider requests in all, when known")
     percent: float | None = None
+    bars: int = Field(0, description="bars fetched so far (each is stored as it lands)")
     message: str = ""
     updated_at: datetime | None = None
 
@@ -238,15 +239,17 @@ class FarmTotals(BaseModel):
     submitted: int
     completed: int
     failed: int
+    cancelled: int = Field(0, description="requests cancelled by their caller (queued or at IB)")
     retried: int
+    requeued: int = Field(0, description="requests put back in the queue while IB was away")
     timed_out: int
     spawned: int
     crashed: int
     idle_exits: int
     workers: int
     max_workers: int
-    in_flight: int
-    pending: int
+    in_flight: int = Field(description="requests at a worker (sent to IB)")
+    pending: int = Field(description="requests queued in the farm")
     shutdown: bool
     broken: str | None = None
 

@@ -65,11 +65,14 @@ class OperationContext:
     def id(self) -> str:
         return self._op.id
 
-    def progress(self, done: int, total: int | None = None, message: str = "") -> None:
-        """Report progress (requests done of total, and what is happening)."""
+    def progress(self, done: int, total: int | None = None, message: str = "",
+                 bars: int | None = None) -> None:
+        """Report progress: requests done of total, what is happening, bars fetched so far
+        (None: as reported last)."""
         percent = round(100.0 * done / total, 1) if total else None
-        self._op.progress = Progress(done=done, total=total, percent=percent, message=message,
-                                     updated_at=_now())
+        bars = self._op.progress.bars if bars is None else bars
+        self._op.progress = Progress(done=done, total=total, percent=percent, bars=bars,
+                                     message=message, updated_at=_now())
 
 
 Runner = Callable[[OperationContext], Awaitable[LoadResult]]
@@ -230,6 +233,10 @@ class OperationRegistry:
             log.info("operation %s: its work has stopped", op.id)
             return
         except Exception as exc:  # every failure becomes the operation's problem
+            if op.status.finished:  # stopped (cancel, outage): how the work ended is moot
+                log.info("operation %s: its work has stopped (%s: %s)", op.id,
+                         type(exc).__name__, exc)
+                return
             err = await self.explain(exc)
             if err.kind == "internal":
                 log.error("operation %s failed", op.id, exc_info=exc)
