@@ -239,6 +239,16 @@ def test_backfill_progress_lines_when_not_a_terminal(tmp_path):
     assert again.exit_code == 0 and "AAPL 1d: nothing missing" in again.output
 
 
+def test_load_progress_lines_when_not_a_terminal(tmp_path):
+    result = runner.invoke(app, ["data", "load", "AAPL", "1d", "--start", "2020-01-01",
+                                 "--end", "2024-01-01", "--mode", "full", "--sim",
+                                 "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "AAPL 1d: 4 requests to make" in result.output
+    assert "AAPL 1d: done, 4/4 requests, 1,006 bars" in result.output  # NYSE, 2020-2023
+    assert "AAPL 1d: 1,006 rows" in result.output
+
+
 def test_live_bars_with_log_records_above_them():
     """On a terminal: one bar per symbol with its ETA, and a warning logged meanwhile goes
     through the same console (above the bars, not through them)."""
