@@ -283,6 +283,14 @@ def test_api_refuses_an_open_address_without_a_token():
     assert "KTRDR_API_TOKEN" in line and "--insecure" in line
 
 
+@pytest.mark.parametrize("value", ["soon", "0"])
+def test_api_refuses_a_malformed_setting(value):
+    result = runner.invoke(app, ["api"], env={"KTRDR_API_MAINTENANCE_GRACE": value})
+    assert result.exit_code == 2
+    line = one_error_line(result.output)
+    assert f"KTRDR_API_MAINTENANCE_GRACE={value!r}" in line and "seconds" in line
+
+
 #: 4 symbols x 8 years of hours: 384 requests, 50 open at a time and 1 s each at the
 #: gateway, so a Ctrl-C lands with hundreds still to go (and the last re-run is not slow).
 INTERRUPTED = ["AAPL", "MSFT", "EUR.USD", "SPY"]
