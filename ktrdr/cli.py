@@ -14,24 +14,28 @@ grammar is ibfarm's
     options ──► parse_when / gateway_address / timeframe check ── bad ──► exit 2
        │        probe of IB_HOST:IB_PORT (not with --sim) ───── refused ──► one line, exit 1
        ▼
-    StopOnSignal.run(manager.backfill | manager.load_data, progress=ProgressView)
-       │        Ctrl-C / SIGTERM: the farm stops taking work, one line says what was saved,
-       │        exit 130 / 143 (a re-run resumes: the store keeps every range that landed)
+    StopOnSignal.run(CancellableRun(manager.backfill_async | load_data_async,
+       │                            progress=ProgressView))   its own event loop, on a thread
+       │        Ctrl-C / SIGTERM: the run's task is cancelled: the DataManager cancels the
+       │        requests still queued in the farm or in flight at IB, saves what landed and
+       │        ends (if it has not within the grace, adapter.abort() drops the farm's work);
+       │        one line says what was saved; exit 130 / 143 (a re-run resumes: the store
+       │        keeps every range that landed)
        ▼
     summary table; exit 0, or 1 when a symbol failed
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import inspect
 import logging
-import os
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -44,6 +48,9 @@ from ktrdr.data.timeframes import TIMEFRAMES
 from ktrdr.sim import clikit, dates
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+#: Seconds a stopped run gets, after the farm dropped its work, to save what it has.
+SAVE_GRACE = 2.0
 
 app = typer.Typer(cls=clikit.CommandLine,
                   help="ktrdr: historical market data, fetched once and stored locally.",
@@ -125,49 +132,101 @@ def _check_store(data_dir: str | None, sim: bool, writable: bool = True) -> None
 
 @contextlib.contextmanager
 def _manager(data_dir: str | None, gateway: Any, latency: float = 0.0,
-             workers: int | None = None, fetch: bool = True) -> Iterator[tuple[Any, Any]]:
-    """A DataManager on the gateway ``gateway`` names, or on an embedded simulated one; with
-    ``fetch=False`` nothing is started (the simulator's dataset is still the one read)."""
+             workers: int | None = None, fetch: bool = True
+             ) -> Iterator[tuple[Any, Any, Any]]:
+    """``(DataManager, its IbDataAdapter, the embedded simulator or None)`` on the gateway
+    ``gateway`` names, or on an embedded simulated one; with ``fetch=False`` nothing is
+    started (the simulator's dataset is still the one read)."""
     from ktrdr.data.data_manager import DataManager
+    from ktrdr.data.ib_data_adapter import IbDataAdapter
     from ktrdr.sim import EmbeddedSim
 
     embedded = None
-    provider = None
+    adapter = None
     _check_store(data_dir, gateway.sim, writable=fetch)
     try:
         if not fetch:
-            from ktrdr.data.ib_data_adapter import IbDataAdapter
-
             # never connected (nothing is fetched): it only names the dataset to read
-            provider = IbDataAdapter(source="sim" if gateway.sim else "ib")
+            adapter = IbDataAdapter(source="sim" if gateway.sim else "ib")
         elif gateway.sim:
             embedded = EmbeddedSim(latency=latency, max_workers=workers or 4).start()
-            provider = embedded.provider()
+            adapter = embedded.provider()
             err_console.print(f"[dim]simulated IB Gateway on 127.0.0.1:{embedded.gateway.port}"
                               f"[/dim]")
         else:
-            from ktrdr.data.ib_data_adapter import IbDataAdapter
-
-            provider = IbDataAdapter.from_env(host=gateway.host, port=gateway.port,
-                                              **({"max_workers": workers} if workers else {}))
-        manager = DataManager(data_dir, provider)
+            adapter = IbDataAdapter.from_env(host=gateway.host, port=gateway.port,
+                                             **({"max_workers": workers} if workers else {}))
+        manager = DataManager(data_dir, adapter)
         try:
-            yield manager, embedded
+            yield manager, adapter, embedded
         finally:
             manager.close()
     finally:
         if embedded is not None:
             embedded.stop()
-        elif provider is not None:
-            provider.shutdown()
+        elif adapter is not None:
+            adapter.shutdown()
 
 
-def _stop_fetching(manager: Any) -> None:
-    """At Ctrl-C: the provider takes no more work and drops what is queued or at IB, so the
-    DataManager's outstanding requests end now (what landed is already saved)."""
-    abort = getattr(manager.provider, "abort", None)
-    if abort is not None:
-        abort()
+class CancellableRun:
+    """A coroutine of the DataManager run to its end on an event loop of its own (called by
+    ``StopOnSignal.run``, on its thread). ``cancel()``, from any thread, cancels the task: the
+    DataManager cancels its requests still queued or in flight, saves what had landed and
+    ends; ``wait`` waits for that.
+
+    Args:
+        make: makes the coroutine (not before it is run: a run stopped before it started
+            leaves no coroutine behind).
+    """
+
+    def __init__(self, make: Callable[[], Coroutine[Any, Any, T]]):
+        self._make = make
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task | None = None
+        self._cancelled = False
+        self._ended = threading.Event()
+
+    def __call__(self) -> Any:
+        try:
+            return asyncio.run(self._main())
+        finally:
+            self._ended.set()
+
+    async def _main(self) -> Any:
+        with self._lock:
+            if self._cancelled:
+                raise asyncio.CancelledError
+            self._loop, self._task = asyncio.get_running_loop(), asyncio.current_task()
+        return await self._make()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            loop, task = self._loop, self._task
+        if loop is not None and task is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to cancel
+                loop.call_soon_threadsafe(task.cancel)
+
+    def wait(self, timeout: float) -> bool:
+        """Whether the run has ended (waiting up to ``timeout`` seconds)."""
+        return self._ended.wait(timeout)
+
+
+def _guarded(guard: Any, run: CancellableRun) -> Any:
+    """``run`` so that a signal cancels it (``guard``: a ``StopOnSignal``, or None)."""
+    if guard is None:
+        return run()
+    guard.on_stop(run.cancel)
+    return guard.run(run)
+
+
+def _wind_down(run: CancellableRun, adapter: Any) -> None:
+    """After a signal: a run still saving gets ``SAVE_GRACE`` s more once the farm has dropped
+    its work (``adapter.abort()``: what is queued or at IB ends now)."""
+    if not run.wait(0):
+        adapter.abort()
+        run.wait(SAVE_GRACE)
 
 
 def _gateway(host: str | None, port: int | None, sim: bool, fetches: bool = True) -> Any:
@@ -294,22 +353,22 @@ def farm_table(status: dict) -> Table:
     return table
 
 
+def backfill_run(manager: Any, symbols: list[str], timeframe: str, start: Any, end: Any,
+                 instrument_type: str | None, progress: ProgressView) -> CancellableRun:
+    """``manager.backfill_async`` as a ``CancellableRun``."""
+    return CancellableRun(lambda: manager.backfill_async(
+        symbols, timeframe, start, end, progress=progress, instrument_type=instrument_type))
+
+
 def run_backfill(manager: Any, symbols: list[str], timeframe: str, start: Any, end: Any,
                  instrument_type: str | None = None, guard: Any = None,
                  view: ProgressView | None = None) -> list:
-    """``manager.backfill`` with progress per symbol (``guard``: run it so a signal stops it)."""
+    """``manager.backfill_async`` to its end with progress per symbol (``guard``: a
+    ``StopOnSignal`` whose signal cancels it)."""
     view = view if view is not None else ProgressView(err_console, timeframe)
     with view:
-        call = guard.run if guard is not None else (lambda fn, *a, **k: fn(*a, **k))
-        return call(manager.backfill, symbols, timeframe, start, end, progress=view,
-                    instrument_type=instrument_type)
-
-
-def _accepts_progress(fn: Any) -> bool:
-    try:
-        return "progress" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
+        return _guarded(guard, backfill_run(manager, symbols, timeframe, start, end,
+                                            instrument_type, view))
 
 
 # --------------------------------------------------------------------------- commands
@@ -343,16 +402,16 @@ def load(symbol: Symbol, timeframe: Timeframe,
         raise _say(str(exc), 2) from None
     try:
         with clikit.StopOnSignal() as guard, \
-                _manager(data_dir, gateway, fetch=fetches) as (manager, _):
-            guard.on_stop(lambda: _stop_fetching(manager))
+                _manager(data_dir, gateway, fetch=fetches) as (manager, adapter, _):
             before = _stored_rows(manager, symbol, tf)
             view = ProgressView(err_console, tf)
-            extra = {"progress": view} if _accepts_progress(manager.load_data) else {}
+            run = CancellableRun(lambda: manager.load_data_async(
+                symbol, tf, start_at, end_at, mode=mode, instrument_type=kind, progress=view))
             try:
                 with view:
-                    frame = guard.run(manager.load_data, symbol, tf, start_at, end_at,
-                                      mode=mode, instrument_type=kind, **extra)
+                    frame = _guarded(guard, run)
             except clikit.Interrupted as stop:
+                _wind_down(run, adapter)
                 saved = view.saved() or _saved_since(manager, symbol, tf, before)
                 err_console.print(saved_line(saved, stop.name, str(manager.data_dir)),
                                   markup=False, highlight=False, soft_wrap=True)
@@ -418,17 +477,18 @@ def backfill(
         raise _say(str(exc), 2) from None
     try:
         with clikit.StopOnSignal() as guard, \
-                _manager(data_dir, gateway, latency, workers) as (manager, embedded):
-            guard.on_stop(lambda: _stop_fetching(manager))
+                _manager(data_dir, gateway, latency, workers) as (manager, adapter, _):
             view = ProgressView(err_console, tf)
+            run = backfill_run(manager, symbols, tf, start_at, end_at, kind, view)
             try:
-                reports = run_backfill(manager, symbols, tf, start_at, end_at, kind, guard, view)
+                with view:
+                    reports = _guarded(guard, run)
             except clikit.Interrupted as stop:
+                _wind_down(run, adapter)
                 err_console.print(saved_line(view.saved(), stop.name, str(manager.data_dir)),
                                   markup=False, highlight=False, soft_wrap=True)
                 raise
-            status = embedded.farm_status() if embedded is not None else \
-                manager.provider.farm_status()
+            status = adapter.farm_status()
     except clikit.Interrupted as stop:
         clikit.exit_now(stop.exit_code)
     except Exception as exc:
@@ -465,7 +525,7 @@ def show(symbol: Symbol, timeframe: Timeframe,
     """Show what is stored for a symbol (no gateway needed)."""
     try:
         stored = clikit.Gateway("", 0, sim=clikit.sim_requested(sim))  # which dataset only
-        with _manager(data_dir, stored, fetch=False) as (manager, _):
+        with _manager(data_dir, stored, fetch=False) as (manager, _, _):
             summary = manager.get_data_summary(symbol, timeframe)
             frame = manager.store.read(summary["symbol"], summary["timeframe"]).frame
     except Exception as exc:
@@ -498,7 +558,7 @@ def gaps(symbol: Symbol, timeframe: Timeframe,
     except ValueError as exc:
         raise _say(str(exc), 2) from None
     try:
-        with _manager(data_dir, gateway) as (manager, _):
+        with _manager(data_dir, gateway) as (manager, _, _):
             found = manager.find_gaps(symbol, tf, start_at, end_at, kind)
     except Exception as exc:
         raise _fail(exc, gateway) from None
@@ -600,14 +660,17 @@ def api(host: Annotated[str, typer.Option(
             "--log-level", help="debug, info, warning or error.")] = "info") -> None:
     """Serve the HTTP API; the gateway is IB_HOST:IB_PORT (or --sim). With KTRDR_API_TOKEN
     set, /api/v1 and /metrics need 'Authorization: Bearer <token>'."""
-    from ktrdr.api.serve import InsecureBindError, check_bind, serve
+    from ktrdr.api.serve import check_bind, serve
+    from ktrdr.api.settings import ApiSettings
 
     try:
         clikit.gateway_address(None, None, sim)  # IB_HOST/IB_PORT, read by the farm later
-        check_bind(host, os.environ.get("KTRDR_API_TOKEN"), insecure)
-    except (InsecureBindError, clikit.UsageError) as exc:
+        settings = ApiSettings.from_env(host=host, port=port, sim=sim or None)
+        check_bind(host, settings.token, insecure)
+    except ValueError as exc:  # an open address without a token, a malformed setting
         raise _say(str(exc), 2) from None
-    serve(host=host, port=port, sim=sim, log_level=log_level, insecure=insecure)
+    serve(host=host, port=port, sim=sim, log_level=log_level, insecure=insecure,
+          settings=settings)
 
 
 def main() -> None:

@@ -3,8 +3,9 @@ rendered as they arrive.
 
 ::
 
-    DataManager (its thread) ── ProgressEvent(symbol, requests_done, requests_total, rows,
-        │                                     error), as each request lands
+    DataManager's async core (the command's event loop, on its work thread)
+        │  ── ProgressEvent(symbol, requests_done, requests_total, rows, error), as each
+        │     request lands
         ▼
     ProgressView(event) ── a terminal on stderr ──► one rich bar per symbol: requests done of
         │                                            total, bars saved, elapsed, ETA

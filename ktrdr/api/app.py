@@ -1,40 +1,43 @@
-"""The FastAPI application: one farm, one DataManager, shared by every request.
+"""The FastAPI application: one adapter (and its farm), one DataManager, shared by every request.
 
-``create_app(settings)`` builds the app; its lifespan starts (optionally) an embedded
-simulated gateway, the ``IbDataAdapter`` with its farm (the API reaches IB only through the
-adapter: ``farm_status()``, ``settings()``), the ``DataManager``, the gateway monitor, the
-metrics and the operations registry, and shuts them down in reverse order. Requests reach them
-through ``Services`` (``request.app.state.services``); nothing connects per request.
+``create_app(settings)`` builds the app; its lifespan starts, in order, (optionally) the
+embedded simulated gateway, the ``IbDataAdapter`` with its farm (the API reaches IB only
+through the adapter: its provider methods, ``farm_status()`` and ``settings()``), the
+``DataManager`` on the adapter, the gateway's ``Availability`` (a TCP probe plus the farm's
+view: ok, maintenance, unreachable), the metrics and the ``OperationRegistry``; it stops them
+in reverse order (operations cancelled and their tasks awaited first). Requests reach them as
+``dependencies.Services`` (``app.state.services``); nothing connects per request::
 
-Beside ``/api/v1``: ``/metrics`` (Prometheus text format; ``metrics.py``, token-protected like
-``/api/v1``), and the OpenAPI pages ``/docs`` (Swagger UI) and ``/redoc`` (ReDoc), whose scripts
-and styles come from the ``fastapi-offline`` package and are served by the app, so they render
-without a network.
+    create_app ── routes: /api/v1 (token checked) ─┬─ routes/data.py        /data/...
+                                                   ├─ routes/operations.py  /operations/...
+                                                   └─ routes/ib.py          /health, /ib/status,
+                                                                            /symbols/...
+               ── /metrics (metrics.py, token checked), /docs, /redoc, /openapi.json
+
+The routes import ``dependencies`` (the services, the token check), never this module.
+``/docs`` (Swagger UI) and ``/redoc`` (ReDoc) get their scripts and styles from the
+``fastapi-offline`` package, served by the app, so they render without a network.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as pkg_version
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
 
 from ktrdr.api import errors
-from ktrdr.api.bridge import KeyLocks
-from ktrdr.api.cancel import CancellableProvider
-from ktrdr.api.errors import ApiError
-from ktrdr.api.gateway import GatewayMonitor
+from ktrdr.api.availability import Availability
+from ktrdr.api.dependencies import Services, require_token, version
+from ktrdr.api.loads import KeyLocks
 from ktrdr.api.metrics import CONTENT_TYPE, ApiMetrics
 from ktrdr.api.operations import OperationRegistry
+from ktrdr.api.reachability import ReachabilityMonitor
+from ktrdr.api.routes import data, ib, operations
 from ktrdr.api.settings import ApiSettings
 from ktrdr.data.data_manager import DataManager
 from ktrdr.data.ib_data_adapter import IbDataAdapter
@@ -42,55 +45,6 @@ from ktrdr.data.ib_data_adapter import IbDataAdapter
 log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1"
-
-
-def _version() -> str:
-    try:
-        return pkg_version("ibfarm")
-    except PackageNotFoundError:
-        return "0"
-
-
-@dataclass
-class Services:
-    """What the app's lifespan created; shared by every request."""
-
-    settings: ApiSettings
-    adapter: IbDataAdapter  # the provider; its farm's settings and status
-    provider: CancellableProvider  # over the adapter
-    manager: DataManager
-    monitor: GatewayMonitor
-    operations: OperationRegistry
-    locks: KeyLocks
-    sim: Any = None  # the embedded simulated gateway, when ``settings.sim``
-    symbols: dict = field(default_factory=dict)  # recent /symbols answers
-
-
-def services(request: Request) -> Services:
-    """The app's shared services (a FastAPI dependency)."""
-    return request.app.state.services
-
-
-#: A route parameter receiving the shared services.
-Svc = Annotated[Services, Depends(services)]
-
-
-_bearer = HTTPBearer(auto_error=False, description="the value of KTRDR_API_TOKEN, when set")
-
-
-async def require_token(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """Check ``Authorization: Bearer <token>`` when the server has a token."""
-    token = request.app.state.settings.token
-    if not token:
-        return
-    given = credentials.credentials if credentials is not None else ""
-    if not given or not secrets.compare_digest(given.encode(), token.encode()):
-        raise ApiError("unauthorized",
-                       "missing bearer token" if not given else "wrong bearer token",
-                       headers={"WWW-Authenticate": 'Bearer realm="ktrdr"'})
 
 
 def _start_data_layer(settings: ApiSettings) -> tuple[IbDataAdapter, Any]:
@@ -109,53 +63,48 @@ def _start_data_layer(settings: ApiSettings) -> tuple[IbDataAdapter, Any]:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: ApiSettings = app.state.settings
-    adapter, sim = _start_data_layer(settings)
-    provider = CancellableProvider(adapter)
+    adapter, sim = _start_data_layer(settings)  # worker processes start from the main thread
     manager: DataManager | None = None
-    operations: OperationRegistry | None = None
+    registry: OperationRegistry | None = None
     try:
-        manager = DataManager(data_dir=settings.data_dir, provider=provider)
+        manager = DataManager(data_dir=settings.data_dir, provider=adapter)
         gateway = adapter.settings()
-        monitor = GatewayMonitor(gateway["host"], gateway["port"],
-                                 timeout=settings.probe_timeout, max_age=settings.probe_max_age,
-                                 simulated=sim is not None)
-        metrics = ApiMetrics(lambda: adapter.farm_status() or {},
-                             f"{gateway['host']}:{gateway['port']}")
-        operations = OperationRegistry(monitor, outage_grace=settings.outage_grace,
-                                       keep=settings.keep_operations, prefix=PREFIX,
-                                       on_finish=metrics.operation_finished)
-        metrics.watch_operations(operations.counts)
+        address = f"{gateway['host']}:{gateway['port']}"
+        probe = ReachabilityMonitor(gateway["host"], gateway["port"],
+                                    timeout=settings.probe_timeout,
+                                    max_age=settings.probe_max_age)
+        availability = Availability(probe, adapter.farm_status, simulated=sim is not None)
+        metrics = ApiMetrics(lambda: adapter.farm_status() or {}, address)
+        registry = OperationRegistry(availability, outage_grace=settings.outage_grace,
+                                     maintenance_grace=settings.maintenance_grace,
+                                     keep=settings.keep_operations, prefix=PREFIX,
+                                     on_finish=metrics.operation_finished)
+        metrics.watch_operations(registry.counts)
         app.state.metrics = metrics
-        app.state.services = Services(settings, adapter, provider, manager, monitor,
-                                      operations, KeyLocks(), sim)
-        health = await monitor.check()
-        log.info("API ready (data in %s); IB Gateway %s:%d %s", manager.data_dir,
-                 gateway["host"], gateway["port"],
-                 "reachable" if health.reachable else f"unreachable ({health.error})")
+        app.state.services = Services(settings, adapter, manager, availability, registry,
+                                      KeyLocks(), sim)
+        health = await availability.check()
+        log.info("API ready (data in %s); IB Gateway %s %s", manager.data_dir, address,
+                 health.state if health.reachable else f"unreachable ({health.error})")
         yield
     finally:
-        loop = asyncio.get_running_loop()
-        if operations is not None:
-            await operations.close()
+        if registry is not None:
+            await registry.close()
         if manager is not None:
-            await loop.run_in_executor(None, manager.close)
+            await manager.aclose()
         if sim is not None:
-            await loop.run_in_executor(None, sim.stop)
+            await asyncio.to_thread(sim.stop)
         else:
-            await loop.run_in_executor(None, adapter.shutdown)
+            await asyncio.to_thread(adapter.shutdown)
         log.info("API stopped")
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     """The API application (see the module docstring)."""
-    from ktrdr.api.routes import data, ib, operations
-
     settings = settings or ApiSettings.from_env()
-    # Swagger UI (/docs) and ReDoc (/redoc) with their scripts served from the app itself, so
-    # the pages work without a network.
     app = FastAPIOffline(
         title="ktrdr API",
-        version=_version(),
+        version=version(),
         summary="Historical bars from Interactive Brokers, fetched once and stored locally.",
         description="Errors are RFC 9457 problems (application/problem+json) carrying IB's "
                     "error code, its kind and a hint. When the server has a token "
@@ -187,3 +136,6 @@ async def metrics_endpoint(request: Request) -> Response:
     metrics: ApiMetrics = request.app.state.metrics
     body = await asyncio.to_thread(metrics.render)
     return Response(body, media_type=CONTENT_TYPE)
+
+
+__all__ = ["PREFIX", "create_app", "lifespan"]

@@ -1,17 +1,26 @@
 """Errors as RFC 9457 problem details (``application/problem+json``).
 
 One table, ``PROBLEMS``, says what HTTP status each error kind becomes. The kinds are the data
-layer's (``DataErrorKind``: an unknown symbol, missing permissions, rate limits...; the data
-provider sets them, the API never looks at IB's own kinds) plus a few of the API's own
-(``unauthorized``, ``not_found``...). Every problem carries the provider's code (IB's, when IB
-sent one), the kind and a hint saying what to do about it::
+layer's (``DataErrorKind``: ``unknown_symbol``, ``no_permission``, ``invalid_request``,
+``rate_limited``, ``unavailable``, ``timeout``, ``cancelled``, ``misconfigured``, ``failed``;
+the data provider sets them, the API never looks at IB's own kinds) plus the API's own
+(``maintenance``, ``shutdown``, ``unauthorized``, ``not_found``, ...). Every problem carries
+the provider's code (IB's, when IB sent one), the kind and a hint saying what to do::
+
+    exception ──► to_api_error ──► ApiError(kind, detail, ib_code, hint)
+                   DataProviderError: its kind, message, code, hint (retry_after)
+                   DataCorruptError: store_corrupt; DataNotFoundError: not_found
+                   ValueError: invalid_request; TimeoutError: timeout; else internal
+              ──► problem_response ──► {"type", "title", "status", "detail", "instance",
+                                        "ib_code", "kind", "hint"} + Retry-After
 
     {"type": "https://ktrdr.invalid/problems/unknown_symbol", "title": "Unknown symbol",
      "status": 404, "detail": "no contract found for 'NOPE' (tried: stock, index, future)",
      "instance": "/api/v1/symbols/NOPE", "ib_code": 200, "kind": "unknown_symbol",
      "hint": "check the symbol; forex pairs are written like EUR.USD, ..."}
 
-Rate limits (429) and an unreachable gateway (503) also carry a ``Retry-After`` header.
+Rate limits (429), an unreachable gateway and IB's maintenance (503) also carry a
+``Retry-After`` header.
 """
 
 from __future__ import annotations
@@ -47,7 +56,8 @@ class ProblemKind:
         status: the HTTP status.
         title: a short summary that does not change between occurrences.
         hint: what to do (the data layer's kinds take theirs from ``KIND_HINTS``).
-        retry_after: which ``Retry-After`` applies: "pacing", "unavailable", "short" or None.
+        retry_after: which ``Retry-After`` applies: "pacing", "unavailable", "maintenance",
+            "short" or None.
     """
 
     status: int
@@ -70,6 +80,9 @@ PROBLEMS: dict[str, ProblemKind] = {
     K.CANCELLED: ProblemKind(409, "Cancelled"),
     K.FAILED: ProblemKind(502, "Data source error", retry_after="short"),
     # the API's own kinds
+    "maintenance": ProblemKind(503, "IB in maintenance",
+                               "IB is in its daily maintenance; the operation continues when it "
+                               "ends", retry_after="maintenance"),
     "shutdown": ProblemKind(503, "Shutting down", "try again once the server is back",
                             retry_after="unavailable"),
     "unauthorized": ProblemKind(
@@ -148,9 +161,9 @@ class ApiError(Exception):
     def http_status(self) -> int:
         return self.status or self.spec.status
 
-    def retry_after(self, pacing: int, unavailable: int) -> int | None:
+    def retry_after(self, pacing: int, unavailable: int, maintenance: int = 60) -> int | None:
         """Seconds for the ``Retry-After`` header (None: no header)."""
-        return {"pacing": pacing, "unavailable": unavailable,
+        return {"pacing": pacing, "unavailable": unavailable, "maintenance": maintenance,
                 "short": SHORT_RETRY}.get(self.spec.retry_after or "")
 
     def body(self, instance: str | None) -> dict:
@@ -211,7 +224,8 @@ def problem_response(err: ApiError, request: Request) -> JSONResponse:
     headers = dict(err.headers)
     seconds = err.retry_after(
         getattr(settings, "retry_after_pacing", 60),
-        getattr(settings, "retry_after_unavailable", 10))
+        getattr(settings, "retry_after_unavailable", 10),
+        getattr(settings, "retry_after_maintenance", 60))
     if seconds is not None:
         headers.setdefault("Retry-After", str(seconds))
     return JSONResponse(err.body(request.url.path), status_code=err.http_status,

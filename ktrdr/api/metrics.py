@@ -3,7 +3,8 @@
 ::
 
     scrape ──► ApiMetrics.render()  (on a thread: status() takes locks and asks psutil)
-                 ├─ FarmCollector ── farm.status(), read now ──► ibfarm_* families
+                 ├─ FarmCollector ── IbDataAdapter.farm_status() (the farm's status(), read
+                 │     now) ──► ibfarm_* families
                  │     requests by kind and outcome, IB errors by code, pacer waits by rule,
                  │     workers by state, spawns / restarts / crashes, RSS per worker
                  ├─ OperationsCollector ── the registry's operations now ──► ktrdr_operations

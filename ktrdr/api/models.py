@@ -45,7 +45,7 @@ class LoadMode(str, enum.Enum):
 class Problem(BaseModel):
     """An RFC 9457 problem (``application/problem+json``)."""
 
-    type: str = Field(examples=["https://ktrdr.invalid/problems/contract_not_found"])
+    type: str = Field(examples=["https://ktrdr.invalid/problems/unknown_symbol"])
     title: str
     status: int
     detail: str
@@ -133,9 +133,10 @@ class OperationStatus(str, enum.Enum):
 
 
 class Progress(BaseModel):
-    done: int = Field(0, description="steps done (symbols or segments)")
-    total: int | None = Field(None, description="steps in all, when known")
+    done: int = Field(0, description="provider requests done (over all symbols)")
+    total: int | None = Field(None, description="provider requests in all, when known")
     percent: float | None = None
+    bars: int = Field(0, description="bars fetched so far (each is stored as it lands)")
     message: str = ""
     updated_at: datetime | None = None
 
@@ -177,6 +178,8 @@ class Operation(BaseModel):
     progress: Progress
     result: LoadResult | None = None
     error: Problem | None = Field(None, description="why the operation failed or stopped")
+    notice: str | None = Field(None, description="what a running operation waits for (IB's "
+                                                 "maintenance), when it waits")
     href: str
 
 
@@ -236,15 +239,17 @@ class FarmTotals(BaseModel):
     submitted: int
     completed: int
     failed: int
+    cancelled: int = Field(0, description="requests cancelled by their caller (queued or at IB)")
     retried: int
+    requeued: int = Field(0, description="requests put back in the queue while IB was away")
     timed_out: int
     spawned: int
     crashed: int
     idle_exits: int
     workers: int
     max_workers: int
-    in_flight: int
-    pending: int
+    in_flight: int = Field(description="requests at a worker (sent to IB)")
+    pending: int = Field(description="requests queued in the farm")
     shutdown: bool
     broken: str | None = None
 
@@ -278,14 +283,24 @@ class FarmSettings(BaseModel):
     pacing: str
 
 
+GatewayStateName = Literal["ok", "maintenance", "unreachable"]
+
+
 class GatewayHealth(BaseModel):
+    """The gateway as the API sees it: its port (a TCP probe) and IB behind it (the farm)."""
+
     host: str
     port: int
-    reachable: bool
+    reachable: bool = Field(description="the gateway's API port accepts connections")
+    state: GatewayStateName = Field(
+        "ok", description="ok; maintenance: the gateway is up but IB is away (its daily "
+                          "reset), operations wait; unreachable: the port does not answer")
     checked_at: datetime | None = None
     unreachable_since: datetime | None = None
+    maintenance_since: datetime | None = None
     error: str | None = None
     simulated: bool = False
+    hint: str = Field("", description="what the state means for the caller")
 
 
 class IbStatus(BaseModel):
@@ -297,9 +312,11 @@ class IbStatus(BaseModel):
 
 
 class Health(BaseModel):
-    """``ok`` when the gateway is reachable; the store answers either way."""
+    """``ok`` when IB can be asked now; the store answers either way."""
 
     status: Literal["ok", "unavailable"]
+    state: GatewayStateName = Field(description="why not, when not: maintenance or "
+                                                "unreachable (see GatewayHealth.state)")
     gateway: GatewayHealth
     workers_connected: int = Field(description="farm workers connected to the gateway now")
     operations_running: int

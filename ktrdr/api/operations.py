@@ -1,30 +1,37 @@
 """Background operations: loads and backfills that outlive the request that started them.
 
-Each operation is an asyncio task on the server's loop; its blocking work runs on a thread of
-the registry's own pool (so long backfills never starve store reads). The work reports progress
-through an ``OperationContext``, which is also how cancellation reaches it: ``cancel()`` marks
-the operation cancelled at once and the work stops at its next progress report.
+Each operation is one asyncio task on the server's loop, awaiting the DataManager's async
+core (``loads.load`` / ``loads.backfill``)::
 
-While operations run, a watchdog probes the gateway; when it has been unreachable for longer
-than ``outage_grace`` seconds, every running operation that needs IB fails with a 503 problem
-saying so, instead of waiting for request time-outs.
+    POST /data/backfill ──► OperationRegistry.start(kind, request, runner) ──► 202 + Location
+                              └─ task "operation-<id>": runner(ctx) ─► DataManager.backfill_async
+                                   ctx.progress(...) ◄─ ProgressEvents, as requests land
+    DELETE /operations/{id} ──► cancel(): status "cancelled" now, task.cancel()
+                              └─ the DataManager cancels the farm requests still queued or in
+                                 flight, saves what landed, and the task ends (its locks free)
+    watchdog task (while operations need IB), every second:
+        Availability.check() ── unreachable for outage_grace ─────► fail them (503 unavailable)
+                             ── maintenance for maintenance_grace ─► fail them (503 maintenance)
+                             ── maintenance, shorter ──► Operation.notice says so; they wait
+                                                        (the farm holds their requests)
+
+Ending an operation and ending its task are two steps: the operation's state is final at once
+(``cancel``, an outage), while the task may still be saving what arrived; the per-file locks
+(``loads.KeyLocks``) are released only when the task has ended, so the next operation on the
+same symbol and timeframe waits for the save.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import functools
 import logging
-import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
-from typing import Any, TypeVar
 
+from ktrdr.api.availability import Availability, GatewayState
 from ktrdr.api.errors import ApiError, to_api_error
-from ktrdr.api.gateway import GatewayMonitor
 from ktrdr.api.models import (
     BackfillRequest,
     LoadRequest,
@@ -38,15 +45,10 @@ from ktrdr.api.models import (
 from ktrdr.data.external_data_interface import DataErrorKind
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
-#: Kinds that mean "IB did not answer"; while the gateway is down they become its 503.
+#: Kinds that mean "IB did not answer"; while IB is away they become the state's 503.
 _OUTAGE_KINDS = {DataErrorKind.TIMEOUT.value, DataErrorKind.UNAVAILABLE.value,
                  DataErrorKind.FAILED.value}
-
-
-class OperationCancelled(Exception):
-    """Raised inside an operation's work once the operation was cancelled."""
 
 
 def _now() -> datetime:
@@ -54,52 +56,23 @@ def _now() -> datetime:
 
 
 class OperationContext:
-    """What an operation's work sees: progress reports and cancellation (thread-safe)."""
+    """What an operation's work sees: where to report its progress."""
 
-    def __init__(self, op: _Operation, pool: concurrent.futures.Executor):
+    def __init__(self, op: _Operation):
         self._op = op
-        self._pool = pool
-        self.cancel_event = threading.Event()
-        self._hooks: list[Callable[[], object]] = []
-
-    def on_cancel(self, hook: Callable[[], object]) -> None:
-        """Call ``hook`` when the operation is cancelled or aborted (at once if it was)."""
-        self._hooks.append(hook)
-        if self.cancel_event.is_set():
-            hook()
-
-    def cancel(self) -> None:
-        """Mark the operation cancelled and run the hooks (the work stops at its next check)."""
-        if self.cancel_event.is_set():
-            return
-        self.cancel_event.set()
-        for hook in self._hooks:
-            try:
-                hook()
-            except Exception:  # a failing hook must not stop the others
-                log.exception("cancel hook failed")
 
     @property
-    def cancelled(self) -> bool:
-        return self.cancel_event.is_set()
+    def id(self) -> str:
+        return self._op.id
 
-    def check(self) -> None:
-        """Raise ``OperationCancelled`` if the operation was cancelled."""
-        if self.cancel_event.is_set():
-            raise OperationCancelled(self._op.id)
-
-    def progress(self, done: int, total: int | None = None, message: str = "") -> None:
-        """Report progress; raises ``OperationCancelled`` once the operation was cancelled."""
+    def progress(self, done: int, total: int | None = None, message: str = "",
+                 bars: int | None = None) -> None:
+        """Report progress: requests done of total, what is happening, bars fetched so far
+        (None: as reported last)."""
         percent = round(100.0 * done / total, 1) if total else None
-        self._op.progress = Progress(done=done, total=total, percent=percent, message=message,
-                                     updated_at=_now())
-        self.check()
-
-    async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Run blocking ``fn`` on the operations' thread pool."""
-        self.check()
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        bars = self._op.progress.bars if bars is None else bars
+        self._op.progress = Progress(done=done, total=total, percent=percent, bars=bars,
+                                     message=message, updated_at=_now())
 
 
 Runner = Callable[[OperationContext], Awaitable[LoadResult]]
@@ -119,15 +92,15 @@ class _Operation:
         self.progress = Progress()
         self.result: LoadResult | None = None
         self.error: Problem | None = None
-        self.abort: ApiError | None = None
+        self.notice: str | None = None
         self.task: asyncio.Task | None = None
-        self.ctx: OperationContext | None = None
 
     def model(self, prefix: str) -> Operation:
         return Operation(id=self.id, kind=self.kind, status=self.status,
                          created_at=self.created_at, started_at=self.started_at,
                          finished_at=self.finished_at, request=self.request,
                          progress=self.progress, result=self.result, error=self.error,
+                         notice=self.notice if not self.status.finished else None,
                          href=f"{prefix}/operations/{self.id}")
 
 
@@ -139,26 +112,28 @@ class OperationRegistry:
     """The server's operations, running and finished (the last ``keep`` finished are kept).
 
     Args:
-        monitor: the gateway probe used by the watchdog and to explain failures.
+        availability: whether IB can be asked (the watchdog's and ``explain``'s source).
         outage_grace: seconds the gateway may be unreachable before operations fail.
+        maintenance_grace: seconds operations wait through IB's maintenance before they fail.
         keep: finished operations remembered.
-        threads: size of the thread pool for the operations' blocking work.
         prefix: the API's path prefix (for ``href`` and problem instances).
         on_finish: called once per operation as it finishes, with its kind, final state,
             seconds it ran (None if it never started) and result (the metrics' hook).
     """
 
-    def __init__(self, monitor: GatewayMonitor | None = None, *, outage_grace: float = 10.0,
-                 keep: int = 200, threads: int = 8, prefix: str = "/api/v1",
+    def __init__(self, availability: Availability | None = None, *,
+                 outage_grace: float = 10.0, maintenance_grace: float = 5400.0,
+                 keep: int = 200, prefix: str = "/api/v1",
                  on_finish: Callable[[str, str, float | None, LoadResult | None], None]
                  | None = None):
-        self.monitor = monitor
+        self.availability = availability
         self.on_finish = on_finish
         self.outage_grace = outage_grace
+        self.maintenance_grace = maintenance_grace
         self.keep = keep
         self.prefix = prefix
         self._ops: OrderedDict[str, _Operation] = OrderedDict()
-        self._pool = concurrent.futures.ThreadPoolExecutor(threads, "ktrdr-op")
+        self._tasks: set[asyncio.Task] = set()  # operation tasks not yet ended
         self._watchdog: asyncio.Task | None = None
         self._closed = False
 
@@ -166,14 +141,16 @@ class OperationRegistry:
 
     def start(self, kind: OperationKind, request: LoadRequest | BackfillRequest, runner: Runner,
               needs_ib: bool = True) -> Operation:
-        """Start ``runner`` as a new operation; returns its first state."""
+        """Start ``runner`` as a new operation (a task on the running loop); returns its
+        first state."""
         if self._closed:
             raise ApiError("shutdown", "the server is shutting down")
         op = _Operation(kind, request, needs_ib)
-        op.ctx = OperationContext(op, self._pool)
         self._ops[op.id] = op
         op.task = asyncio.get_running_loop().create_task(self._run(op, runner),
                                                          name=f"operation-{op.id}")
+        self._tasks.add(op.task)
+        op.task.add_done_callback(self._tasks.discard)
         self._ensure_watchdog()
         self._trim()
         log.info("operation %s: %s %s", op.id, kind.value, request.model_dump_json())
@@ -214,16 +191,15 @@ class OperationRegistry:
         return op.model(self.prefix)
 
     def _stop(self, op: _Operation, abort: ApiError | None) -> None:
-        """End ``op`` now: cancelled (``abort`` None) or failed with ``abort``."""
-        op.abort = abort
+        """End ``op`` now, cancelled (``abort`` None) or failed with ``abort``, and cancel its
+        task (which cancels its requests and saves what landed)."""
         if abort is None:
             err = ApiError(DataErrorKind.CANCELLED, "the operation was cancelled",
-                           hint="start it again if still needed")
+                           hint="start it again if still needed; what was fetched is stored "
+                                "and is not fetched again")
             self._finish(op, OperationStatus.cancelled, problem_of(err, self._instance(op)))
         else:
             self._finish(op, OperationStatus.failed, problem_of(abort, self._instance(op)))
-        if op.ctx is not None:
-            op.ctx.cancel()
         if op.task is not None and not op.task.done():
             op.task.cancel()
 
@@ -250,14 +226,20 @@ class OperationRegistry:
         op.status = OperationStatus.running
         op.started_at = _now()
         try:
-            result = await runner(op.ctx)
-        except (asyncio.CancelledError, OperationCancelled):
-            self._finish(op, OperationStatus.cancelled)  # _stop has set the error already
+            result = await runner(OperationContext(op))
+        except asyncio.CancelledError:
+            # _stop set the final state; the work has cancelled its requests and saved
+            self._finish(op, OperationStatus.cancelled)
+            log.info("operation %s: its work has stopped", op.id)
             return
         except Exception as exc:  # every failure becomes the operation's problem
+            if op.status.finished:  # stopped (cancel, outage): how the work ended is moot
+                log.info("operation %s: its work has stopped (%s: %s)", op.id,
+                         type(exc).__name__, exc)
+                return
             err = await self.explain(exc)
             if err.kind == "internal":
-                log.exception("operation %s failed", op.id, exc_info=exc)
+                log.error("operation %s failed", op.id, exc_info=exc)
             else:
                 log.warning("operation %s failed: %s", op.id, err.detail)
             self._finish(op, OperationStatus.failed, problem_of(err, self._instance(op)))
@@ -280,42 +262,56 @@ class OperationRegistry:
                  len(result.symbols))
 
     async def explain(self, exc: BaseException) -> ApiError:
-        """The problem for ``exc``; a time-out or lost connection while the gateway is
-        unreachable is reported as the gateway being unreachable."""
+        """The problem for ``exc``; a time-out or lost connection while IB is away (the
+        gateway unreachable, or IB in maintenance) is reported as that."""
         err = to_api_error(exc)
-        if err.kind in _OUTAGE_KINDS and self.monitor is not None:
-            health = await self.monitor.check(max_age=0.5)
-            if not health.reachable:
-                return self.monitor.unavailable()
+        if err.kind in _OUTAGE_KINDS and self.availability is not None:
+            await self.availability.check(max_age=0.5)
+            return self.availability.problem() or err
         return err
 
     # ---------------------------------------------------------------- watchdog
 
     def _ensure_watchdog(self) -> None:
-        if self.monitor is None or (self._watchdog is not None and not self._watchdog.done()):
+        if self.availability is None or (self._watchdog is not None
+                                         and not self._watchdog.done()):
             return
         self._watchdog = asyncio.get_running_loop().create_task(self._watch(),
                                                                 name="operations-watchdog")
 
     async def _watch(self) -> None:
-        """Probe the gateway while operations that need IB run; fail them after the grace."""
-        assert self.monitor is not None
+        """While operations that need IB run: fail them once the gateway has been unreachable
+        for ``outage_grace`` or IB in maintenance for ``maintenance_grace``; say meanwhile
+        that they wait for IB's maintenance."""
+        availability = self.availability
+        assert availability is not None
         interval = max(0.2, min(1.0, self.outage_grace / 4))
         while not self._closed:
             live = [op for op in self._ops.values() if op.needs_ib and not op.status.finished]
             if not live:
                 return
             try:
-                await self.monitor.check(max_age=interval / 2)
+                await availability.check(max_age=interval / 2)
             except Exception:  # never let the watchdog die on a probe bug
-                log.exception("gateway probe failed")
-            down = self.monitor.down_for()
-            if down >= self.outage_grace:
-                err = self.monitor.unavailable()
-                for op in live:
-                    if not op.status.finished:
-                        log.warning("operation %s failed: %s", op.id, err.detail)
-                        self._stop(op, err)
+                log.exception("gateway check failed")
+            err: ApiError | None = None
+            notice: str | None = None
+            if availability.state is GatewayState.UNREACHABLE:
+                if availability.down_for() >= self.outage_grace:
+                    err = availability.unreachable()
+            elif availability.state is GatewayState.MAINTENANCE:
+                if availability.maintenance_for() >= self.maintenance_grace:
+                    err = availability.maintenance_exceeded(self.maintenance_grace)
+                else:
+                    notice = availability.notice()
+            for op in live:
+                if op.status.finished:
+                    continue
+                if err is not None:
+                    log.warning("operation %s failed: %s", op.id, err.detail)
+                    self._stop(op, err)
+                else:
+                    op.notice = notice
             await asyncio.sleep(interval)
 
     # ---------------------------------------------------------------- housekeeping
@@ -326,27 +322,24 @@ class OperationRegistry:
             del self._ops[key]
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Cancel every operation and wait (up to ``timeout``) for their tasks to end."""
+        """Cancel every operation and wait (up to ``timeout``) for their tasks to end, so
+        nothing uses the DataManager once it is closed."""
         self._closed = True
-        tasks = [op.task for op in self._ops.values() if op.task is not None]
         for op in list(self._ops.values()):
             if not op.status.finished:
                 self._stop(op, ApiError("shutdown", "the server shut down"))
+        tasks = list(self._tasks)
         if self._watchdog is not None:
             self._watchdog.cancel()
             tasks.append(self._watchdog)
         if tasks:
-            await asyncio.wait(tasks, timeout=timeout)
-        # The work's threads end soon after their provider calls were cancelled; wait for
-        # them (bounded), so nothing is still using the DataManager when it is closed.
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        try:
-            await asyncio.wait_for(asyncio.to_thread(self._pool.shutdown, True), timeout)
-        except asyncio.TimeoutError:
-            log.warning("operation threads still busy after %.0f s; closing anyway", timeout)
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            if pending:
+                log.warning("%d operation task(s) still ending after %.0f s; closing anyway",
+                            len(pending), timeout)
 
     def __len__(self) -> int:
         return len(self._ops)
 
 
-__all__ = ["OperationCancelled", "OperationContext", "OperationRegistry", "problem_of"]
+__all__ = ["OperationContext", "OperationRegistry", "problem_of"]

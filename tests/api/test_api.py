@@ -49,7 +49,7 @@ def test_health_reports_a_reachable_gateway(api, gateway):
     response = api.client.get("/health")
     assert response.status_code == 200
     body = response.json()
-    assert body["status"] == "ok"
+    assert body["status"] == "ok" and body["state"] == "ok"
     assert body["gateway"]["reachable"] is True
     assert body["gateway"]["port"] == gateway.port
 

@@ -45,6 +45,8 @@ def test_gateway_outage_and_recovery(api, gateway):
                           timeout=5, what="/health to report the outage")
         health = down.json()
         assert health["status"] == "unavailable"
+        assert health["state"] == health["gateway"]["state"] == "unreachable"
+        assert "IB Gateway/TWS" in health["gateway"]["hint"]
         assert health["gateway"]["reachable"] is False
         assert health["gateway"]["unreachable_since"] and health["gateway"]["error"]
         assert int(down.headers["retry-after"]) > 0

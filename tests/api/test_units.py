@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from ibfarm.errors import ErrorKind, PacingViolationError, RequestTimeoutError, error_from
@@ -23,6 +26,17 @@ from ktrdr.data.timeframes import TimeframeError
 
 def test_every_data_error_kind_has_a_problem():
     assert {k.value for k in DataErrorKind} <= set(PROBLEMS)
+
+
+def test_the_readme_kind_table_is_the_problem_table():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## HTTP API\n"):readme.index("## Metrics\n")]
+    documented: dict[str, int] = {}
+    for status, kinds in re.findall(r"^\| (\d{3}) \| ([^|]+) \|", section, re.MULTILINE):
+        for kind in re.findall(r"`([a-z_]+)`", kinds):
+            assert kind not in documented, f"{kind} is listed twice"
+            documented[kind] = int(status)
+    assert documented == {kind: spec.status for kind, spec in PROBLEMS.items()}
 
 
 @pytest.mark.parametrize(("code", "text", "status", "kind"), [

@@ -239,6 +239,16 @@ def test_backfill_progress_lines_when_not_a_terminal(tmp_path):
     assert again.exit_code == 0 and "AAPL 1d: nothing missing" in again.output
 
 
+def test_load_progress_lines_when_not_a_terminal(tmp_path):
+    result = runner.invoke(app, ["data", "load", "AAPL", "1d", "--start", "2020-01-01",
+                                 "--end", "2024-01-01", "--mode", "full", "--sim",
+                                 "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "AAPL 1d: 4 requests to make" in result.output
+    assert "AAPL 1d: done, 4/4 requests, 1,006 bars" in result.output  # NYSE, 2020-2023
+    assert "AAPL 1d: 1,006 rows" in result.output
+
+
 def test_live_bars_with_log_records_above_them():
     """On a terminal: one bar per symbol with its ETA, and a warning logged meanwhile goes
     through the same console (above the bars, not through them)."""
@@ -271,6 +281,14 @@ def test_api_refuses_an_open_address_without_a_token():
     line = one_error_line(result.output)
     assert "refusing to listen on 0.0.0.0 without a token" in line
     assert "KTRDR_API_TOKEN" in line and "--insecure" in line
+
+
+@pytest.mark.parametrize("value", ["soon", "0"])
+def test_api_refuses_a_malformed_setting(value):
+    result = runner.invoke(app, ["api"], env={"KTRDR_API_MAINTENANCE_GRACE": value})
+    assert result.exit_code == 2
+    line = one_error_line(result.output)
+    assert f"KTRDR_API_MAINTENANCE_GRACE={value!r}" in line and "seconds" in line
 
 
 #: 4 symbols x 8 years of hours: 384 requests, 50 open at a time and 1 s each at the

@@ -1,4 +1,10 @@
-"""``/data``: stored bars (JSON, Arrow IPC or Parquet) and background loads and backfills."""
+"""``/data``: stored bars (JSON, Arrow IPC or Parquet) and background loads and backfills.
+
+``GET /data/{symbol}/{timeframe}`` reads the store only (``loads.read_stored``, the
+DataManager's ``load_data_async`` in ``local`` mode) and answers in the format ``Accept``
+asks for; ``POST /data/load`` and ``/data/backfill`` start operations whose tasks await the
+DataManager (``loads.load``, ``loads.backfill``).
+"""
 
 from __future__ import annotations
 
@@ -13,8 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fastapi import APIRouter, Header, Path, Query, Response
 
-from ktrdr.api import bridge, errors
-from ktrdr.api.app import Svc
+from ktrdr.api import errors, loads
+from ktrdr.api.dependencies import Svc
 from ktrdr.api.errors import ApiError
 from ktrdr.api.models import (
     SYMBOL_PATTERN,
@@ -22,6 +28,7 @@ from ktrdr.api.models import (
     BarsResponse,
     LoadMode,
     LoadRequest,
+    LoadResult,
     Operation,
     OperationKind,
     Timeframe,
@@ -79,7 +86,7 @@ def bars_table(frame: pd.DataFrame, symbol: str, timeframe: str) -> pa.Table:
     index = pd.DatetimeIndex(frame.index)
     index = index.tz_localize("UTC") if index.tz is None else index.tz_convert("UTC")
     columns = {"timestamp": pa.array(index.as_unit("ms"), type=TIMESTAMP)}
-    for name in bridge.OHLCV:
+    for name in loads.OHLCV:
         columns[name] = pa.array(frame[name].to_numpy(dtype="float64"), type=pa.float64())
     table = pa.table(columns)
     return table.replace_schema_metadata({"symbol": symbol, "timeframe": timeframe})
@@ -103,8 +110,8 @@ def _json_body(frame: pd.DataFrame, symbol: str, timeframe: str) -> dict[str, An
     index = index.tz_localize("UTC") if index.tz is None else index.tz_convert("UTC")
     stamps = index.strftime("%Y-%m-%dT%H:%M:%SZ").tolist()
     cols = [[None if isinstance(v, float) and math.isnan(v) else v
-             for v in frame[name].astype("float64").tolist()] for name in bridge.OHLCV]
-    bars = [dict(zip(("timestamp", *bridge.OHLCV), row, strict=True))
+             for v in frame[name].astype("float64").tolist()] for name in loads.OHLCV]
+    bars = [dict(zip(("timestamp", *loads.OHLCV), row, strict=True))
             for row in zip(stamps, *cols, strict=True)]
     return {"symbol": symbol, "timeframe": timeframe,
             "start": stamps[0] if stamps else None, "end": stamps[-1] if stamps else None,
@@ -145,7 +152,7 @@ async def get_bars(
     if start is not None and end is not None and start >= end:
         raise ApiError(DataErrorKind.INVALID_REQUEST, "start must be before end")
     symbol = symbol.upper()
-    frame = await bridge.read_stored(svc.manager, symbol, timeframe.value, start, end)
+    frame = await loads.read_stored(svc.manager, symbol, timeframe.value, start, end)
     if frame is None:
         raise ApiError("not_found", f"no {timeframe.value} bars of {symbol} are stored",
                        hint="load them first: POST /api/v1/data/load")
@@ -161,7 +168,8 @@ async def get_bars(
 
 
 _OPERATION_RESPONSES = errors.responses(
-    503, s503="problem: the gateway is unreachable (modes that fetch)")
+    503, s503="problem: the gateway is unreachable (modes that fetch); during IB's "
+              "maintenance the operation is accepted and waits for it")
 
 
 def _accepted(op: Operation, response: Response) -> Operation:
@@ -175,13 +183,14 @@ async def load(body: LoadRequest, response: Response,
                svc: Svc) -> Operation:
     """Starts a background operation and answers ``202`` with it (``Location`` is its URL);
     follow it with ``GET /operations/{id}``. Modes other than ``local`` need the gateway:
-    while it is unreachable the answer is ``503`` with ``Retry-After``."""
+    while it is unreachable the answer is ``503`` with ``Retry-After``; during IB's daily
+    maintenance the operation is accepted and continues when the maintenance ends."""
     needs_ib = body.mode is not LoadMode.local
     if needs_ib:
-        await svc.monitor.require()
+        await svc.availability.require(maintenance_ok=True)
 
-    async def run(ctx: OperationContext):
-        return await bridge.load(svc.manager, ctx, svc.locks, body)
+    async def run(ctx: OperationContext) -> LoadResult:
+        return await loads.load(svc.manager, ctx, svc.locks, body)
 
     op = svc.operations.start(OperationKind.load, body, run, needs_ib=needs_ib)
     return _accepted(op, response)
@@ -195,10 +204,10 @@ async def backfill(body: BackfillRequest, response: Response,
     """Like ``/data/load`` for many symbols at once, spread over the farm's workers within
     IB's pacing limits. The result has one report per symbol; the operation fails if any
     symbol failed (the others are stored all the same)."""
-    await svc.monitor.require()
+    await svc.availability.require(maintenance_ok=True)
 
-    async def run(ctx: OperationContext):
-        return await bridge.backfill(svc.manager, ctx, svc.locks, body)
+    async def run(ctx: OperationContext) -> LoadResult:
+        return await loads.backfill(svc.manager, ctx, svc.locks, body)
 
     op = svc.operations.start(OperationKind.backfill, body, run)
     return _accepted(op, response)

@@ -1,4 +1,9 @@
-"""``/health``, ``/ib/status`` and ``/symbols/{symbol}``."""
+"""``/health``, ``/ib/status`` and ``/symbols/{symbol}``: IB as the API sees it.
+
+``/health`` and ``/ib/status`` read ``Availability`` (the gateway's port and, behind it, IB:
+ok, maintenance, unreachable) and the adapter's ``farm_status()``; ``/symbols`` asks the
+adapter (contract details and head timestamp through the farm) and keeps the answer a while.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 
 from ktrdr.api import errors
-from ktrdr.api.app import Svc, _version
+from ktrdr.api.dependencies import Svc, version
 from ktrdr.api.errors import ApiError
 from ktrdr.api.models import (
     SYMBOL_PATTERN,
@@ -35,21 +40,29 @@ router = APIRouter(tags=["ib"])
 SYMBOL_TTL = 300.0
 
 
-@router.get("/health", response_model=Health, summary="Is the IB Gateway reachable?",
-            responses={503: {"model": Health, "description": "the gateway is unreachable"}})
+@router.get("/health", response_model=Health, summary="Can IB be asked now?",
+            responses={503: {"model": Health, "description": "IB is in its daily maintenance "
+                                                             "or the gateway is unreachable"}})
 async def health(svc: Svc) -> JSONResponse:
-    """``200`` with ``status: ok`` when the gateway's API port answers, else ``503`` with
-    ``status: unavailable`` (stored data can still be read)."""
-    gateway = await svc.monitor.check()
+    """``200`` with ``status: ok`` (``state: ok``) when the gateway's API port answers and IB
+    is behind it; else ``503`` with ``status: unavailable``, ``Retry-After`` and ``state``
+    saying why: ``maintenance`` (IB's daily reset: the gateway is up, IB is away; running
+    operations wait for it and continue) or ``unreachable`` (the port does not answer: check
+    IB Gateway/TWS). Stored data can be read either way."""
+    gateway = await svc.availability.check()
     workers = await asyncio.to_thread(svc.adapter.farm_status) or {"workers": []}
     connected = sum(1 for w in workers["workers"] if w["state"] == "ready")
-    body = Health(status="ok" if gateway.reachable else "unavailable", gateway=gateway,
+    ok = gateway.state == "ok"
+    body = Health(status="ok" if ok else "unavailable", state=gateway.state, gateway=gateway,
                   workers_connected=connected, operations_running=svc.operations.running(),
-                  version=_version())
-    headers = {} if gateway.reachable else {
-        "Retry-After": str(svc.settings.retry_after_unavailable)}
-    return JSONResponse(body.model_dump(mode="json"), status_code=200 if gateway.reachable
-                        else 503, headers=headers)
+                  version=version())
+    headers = {}
+    if not ok:
+        seconds = svc.settings.retry_after_maintenance if gateway.state == "maintenance" \
+            else svc.settings.retry_after_unavailable
+        headers["Retry-After"] = str(seconds)
+    return JSONResponse(body.model_dump(mode="json"), status_code=200 if ok else 503,
+                        headers=headers)
 
 
 @router.get("/ib/status", response_model=IbStatus,
@@ -58,7 +71,9 @@ async def ib_status(svc: Svc) -> IbStatus:
     """Each worker process (pid, client id, state, requests in flight and served, memory),
     the farm's totals, and the shared pacer's counters (open requests, waits per rule)."""
     status, gateway = await asyncio.gather(asyncio.to_thread(svc.adapter.farm_status),
-                                           svc.monitor.check())
+                                           svc.availability.check())
+    if status is None:
+        raise ApiError("shutdown", "the connection farm is not running")
     return IbStatus(
         gateway=gateway,
         settings=FarmSettings(**svc.adapter.settings()),
@@ -79,17 +94,19 @@ async def symbol_info(
     timeframe: Annotated[Timeframe | None,
                          Query(description="head timestamp for this timeframe")] = None,
 ) -> SymbolInfo:
-    """``404`` (kind ``contract_not_found``, IB code 200) when IB does not know the symbol.
-    Answers are kept for ``SYMBOL_TTL`` seconds (IB paces head-timestamp requests)."""
+    """``404`` (kind ``unknown_symbol``, IB code 200) when IB does not know the symbol;
+    ``503`` while the gateway is unreachable or IB is in its daily maintenance (kind
+    ``maintenance``). Answers are kept for ``SYMBOL_TTL`` seconds (IB paces head-timestamp
+    requests)."""
     key = (symbol.upper(), instrument_type, timeframe)
     cached = svc.symbols.get(key)
     if cached is not None and time.monotonic() - cached[0] < SYMBOL_TTL:
         return cached[1]
-    await svc.monitor.require()
+    await svc.availability.require()
 
     async def ask() -> tuple[Any, Any]:
-        info = await svc.provider.get_contract_details(symbol, instrument_type)
-        head = await svc.provider.get_head_timestamp(
+        info = await svc.adapter.get_contract_details(symbol, instrument_type)
+        head = await svc.adapter.get_head_timestamp(
             symbol, timeframe.value if timeframe else None, info.instrument_type)
         return info, head
 
@@ -97,8 +114,8 @@ async def symbol_info(
     try:
         info, head = await asyncio.wait_for(ask(), limit)
     except asyncio.TimeoutError:
-        raise ApiError(DataErrorKind.TIMEOUT, f"IB did not answer within {limit:g} s (pacing waits "
-                       f"and retries included)") from None
+        raise ApiError(DataErrorKind.TIMEOUT, f"IB did not answer within {limit:g} s (pacing "
+                       f"waits and retries included)") from None
     except Exception as exc:
         raise await svc.operations.explain(exc) from exc
     extra = dict(info.extra or {})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from ktrdr.api import errors
-from ktrdr.api.app import Svc
+from ktrdr.api.dependencies import Svc
 from ktrdr.api.models import Operation, OperationList
 
 router = APIRouter(prefix="/operations", tags=["operations"])
@@ -31,6 +31,8 @@ async def get_operation(operation_id: str,
                summary="Cancel an operation")
 async def cancel_operation(operation_id: str,
                            svc: Svc) -> Operation:
-    """A pending or running operation ends as ``cancelled`` at once (its IB requests stop
-    at the next segment); a finished one is returned unchanged."""
+    """A pending or running operation ends as ``cancelled`` at once: its task is cancelled,
+    which cancels its requests still queued in the farm or in flight at IB and keeps what
+    already landed (stored; a re-run fetches only the rest). A finished one is returned
+    unchanged."""
     return svc.operations.cancel(operation_id)
