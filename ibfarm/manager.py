@@ -130,14 +130,20 @@ class FarmFuture(concurrent.futures.Future):
     def __init__(self, on_cancel: Callable[[], None] | None = None):
         super().__init__()
         self._on_cancel = on_cancel
+        self._cancel_lock = threading.Lock()
+        self._cancel_seen = False
 
     def cancel(self) -> bool:
+        """Cancel it unless its answer has arrived; safe to call again, from any thread."""
         if not super().cancel():
             return False
-        self.set_running_or_notify_cancel()  # wake ``wait`` / ``as_completed``
-        hook, self._on_cancel = self._on_cancel, None
-        if hook is not None:
-            hook()
+        with self._cancel_lock:
+            first, self._cancel_seen = not self._cancel_seen, True
+            hook, self._on_cancel = self._on_cancel, None
+        if first:
+            self.set_running_or_notify_cancel()  # wake ``wait`` / ``as_completed``
+            if hook is not None:
+                hook()
         return True
 
     def __await__(self):

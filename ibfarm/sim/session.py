@@ -68,6 +68,9 @@ class Session:
             p.REQ_COMPLETED_ORDERS: lambda r: self.send(p.COMPLETED_ORDERS_END),
             p.REQ_ACCT_DATA: self._account_data,
             p.REQ_ACCOUNT_UPDATES_MULTI: self._account_updates_multi,
+            # ib_async asks for the account summary again after every 1102
+            p.REQ_ACCOUNT_SUMMARY: self._account_summary,
+            p.CANCEL_ACCOUNT_SUMMARY: lambda r: None,
             p.REQ_EXECUTIONS: self._executions,
             p.REQ_CONTRACT_DATA: self._contract_data,
             p.REQ_HISTORICAL_DATA: self._historical_data,
@@ -225,6 +228,10 @@ class Session:
     def _account_updates_multi(self, reader: p.FieldReader) -> None:
         reader.int()
         self.send(p.ACCOUNT_UPDATE_MULTI_END, 1, reader.int())
+
+    def _account_summary(self, reader: p.FieldReader) -> None:
+        reader.int()  # version
+        self.send(p.ACCOUNT_SUMMARY_END, 1, reader.int())  # a data-only account: no values
 
     def _executions(self, reader: p.FieldReader) -> None:
         reader.int()

@@ -17,9 +17,9 @@ whose port does not answer is a real outage: operations fail after ``outage_grac
 ``Retry-After`` either way) and the problems name it: kind ``maintenance`` or kind
 ``unavailable`` with a hint to check IB Gateway/TWS.
 
-With several gateways the probe and the state are those of the address the adapter reports
-(``IbDataAdapter.settings()``); when the farm has no lane of that address, any lane in
-maintenance counts.
+With several gateways the probe is of the first (``IbDataAdapter.settings()``); the API is
+``ok`` while any gateway of the farm is up (the farm sends the work there), else the first
+gateway's state counts.
 """
 
 from __future__ import annotations
@@ -79,24 +79,25 @@ class Availability:
         """Probe (unless the last probe is younger than ``max_age`` s) and read the farm."""
         async with self._lock:
             reach = await self.probe.check(max_age)
-            if not reach.reachable:
+            lanes = await self._farm_lanes()
+            mine = [g for g in lanes if g.get("gateway") == self.key] or lanes
+            others_up = any(g.get("state") == "up" for g in lanes if g not in mine)
+            if not reach.reachable and not others_up:
                 state = GatewayState.UNREACHABLE
-            elif await self._farm_says_maintenance():
+            elif any(g.get("state") == "maintenance" for g in mine) and not others_up:
                 state = GatewayState.MAINTENANCE
-            else:
+            else:  # (with several gateways, one that is up serves the work)
                 state = GatewayState.OK
             self._set(state)
         return self.health()
 
-    async def _farm_says_maintenance(self) -> bool:
+    async def _farm_lanes(self) -> list[dict]:
         try:
             status = await asyncio.to_thread(self.farm_status) or {}
         except Exception as exc:  # a farm shutting down: no opinion
             log.debug("farm status unavailable: %s", exc)
-            return False
-        lanes = [g for g in status.get("gateways") or [] if isinstance(g, dict)]
-        mine = [g for g in lanes if g.get("gateway") == self.key] or lanes
-        return any(g.get("state") == "maintenance" for g in mine)
+            return []
+        return [g for g in status.get("gateways") or [] if isinstance(g, dict)]
 
     def _set(self, state: GatewayState) -> None:
         was, self.state = self.state, state

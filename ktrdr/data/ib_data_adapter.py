@@ -331,11 +331,14 @@ class IbDataAdapter(ExternalDataProvider):
         return None if farm is None else farm.status()
 
     def settings(self) -> dict[str, Any]:
-        """The farm's settings: host, port, max_workers, client_ids (first, last),
-        idle_timeout, request_timeout and the pacing policy's name."""
+        """The farm's settings: host and port (of the first gateway), gateways (every
+        ``host:port``), max_workers, client_ids (first, last), idle_timeout, request_timeout
+        and the pacing policy's name."""
         c = self._config
         pacing = c.pacing if isinstance(c.pacing, str) else getattr(c.pacing, "name", "custom")
-        return {"host": c.host, "port": c.port, "max_workers": c.max_workers,
+        first = c.addresses[0]
+        return {"host": first.host, "port": first.port,
+                "gateways": [a.key for a in c.addresses], "max_workers": c.max_workers,
                 "client_ids": [c.client_ids.start, c.client_ids.stop - 1],
                 "idle_timeout": c.idle_timeout, "request_timeout": c.request_timeout,
                 "pacing": pacing}

@@ -266,3 +266,20 @@ def test_shutdown_can_cancel_what_is_at_ib_too(make_gateway):
     assert all(f.cancelled() for f in futures)
     assert not worker_processes()
     wait_until(lambda: gateway.stats()["open_requests"] == 0, what="the gateway to drop them")
+
+
+def test_cancelling_twice_or_from_two_places_is_harmless(make_gateway, make_farm):
+    import asyncio
+
+    gateway = make_gateway(pacing="off", latency=5.0)
+    farm = make_farm(gateway)
+    future = farm.historical_bars(hourly(1)[0])
+    waiter = asyncio.new_event_loop()
+    try:
+        wrapped = asyncio.wrap_future(future, loop=waiter)  # cancels the future when cancelled
+        waiter.call_soon(wrapped.cancel)
+        waiter.run_until_complete(asyncio.sleep(0.05))
+    finally:
+        waiter.close()
+    assert future.cancel() and future.cancel() and future.cancelled()
+    assert farm.status()["farm"]["cancelled"] == 1
