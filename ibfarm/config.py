@@ -174,10 +174,11 @@ class FarmConfig:
         pacing_margin_ratio: fraction of each window added to it when that is more than
             ``pacing_margin`` (keeps scaled-down windows safe on a loaded machine).
         max_retries: times a request is sent again after the worker it was on died.
-        max_resends: times a request may be in flight when the gateway closes the connection
-            right after it was sent before it fails as one the gateway refuses
-            (``InvalidRequestError``); after the second such close it is sent alone, so it
-            never takes other requests down with it.
+        max_resends: times the gateway may close the connection right after a request was
+            sent alone before it fails as one the gateway cannot read
+            (``InvalidRequestError``). A request goes alone after the second close that
+            happened just after it was sent with others (which blames them all), so it never
+            takes other requests down with it.
         outage_timeout: seconds queued work waits for a gateway that went down (or for IB's
             maintenance to end) before it fails with ``IbConnectionError`` (default 90 min,
             IB's longest daily maintenance window).

@@ -106,7 +106,8 @@ EXIT_GRACE = 5.0
 ID_IN_USE_COOLDOWN = 60.0
 #: A request the gateway closed the connection on this many times (right after it was sent,
 #: with the others sent at that moment) is sent alone from then on: a single close is usually
-#: a restart or a network fault, and blames everything sent in the same instant.
+#: a restart or a network fault, and blames everything sent in the same instant. Only the
+#: closes while it is alone count towards ``max_resends``.
 ALONE_AFTER = 2
 #: A request sent alone (after the gateway closed the connection on it) is cleared after this
 #: long in flight without another close: other work may join it on its worker.
@@ -173,6 +174,7 @@ class WorkItem:
     failures: int = 0  # transient IB errors so far
     deaths: int = 0  # workers that died with it in flight
     suspects: int = 0  # connections the gateway closed right after it was sent
+    alone_closes: int = 0  # ... of them while it was the only request on its connection
     lane: Lane | None = None
     worker: WorkerHandle | None = None
     grant: Grant | None = None
@@ -895,17 +897,22 @@ class Manager:
             item = handle.in_flight.pop(msg.call_id, None)
             if item is None:
                 return
+            alone = handle.exclusive is item
             self._unsend(item)
             item.budget -= msg.at_ib
             item.suspects += msg.suspect
+            item.alone_closes += msg.suspect and alone
             if msg.reason is Interruption.NOT_CONNECTED and handle.state is WorkerState.READY:
                 handle.state = WorkerState.RECONNECTING  # its own news is on the way
             self.totals["requeued"] += 1
-            if item.suspects >= self.config.max_resends:
+            if item.alone_closes >= self.config.max_resends:
+                # only closes while it was alone on its connection count: a close in a burst
+                # blames every request sent in that instant
                 error: IbError = InvalidRequestError(0, (
-                    f"the gateway closed its connection each of the {item.suspects} times this "
-                    "request was sent: it cannot read it. Check the symbol and the request's "
-                    "fields for characters IB does not accept."))
+                    f"the gateway closed its connection each time this request was sent "
+                    f"({item.suspects} times, {item.alone_closes} of them alone): it cannot "
+                    "read it. Check the symbol and the request's fields for characters IB "
+                    "does not accept."))
             elif item.budget <= 0:
                 error = RequestTimeoutError(0, f"no answer from IB within "
                                                f"{self.config.request_timeout:g} s")
