@@ -168,12 +168,14 @@ def map_ib_error(exc: BaseException, context: str = "") -> DataProviderError:
     return DataProviderError(prefix + f"{type(exc).__name__}: {exc}", PROVIDER, 0)
 
 
-def _too_long(exc: BaseException) -> bool:
-    """Whether a failed request may pass when asked in smaller pieces."""
+def _too_long(exc: BaseException, timeframe: str) -> bool:
+    """Whether a failed request may pass when asked in smaller pieces: refused as too long,
+    or timed out with intraday bars (IB's answer time grows with the bars; daily and weekly
+    requests are small, so a time-out there is not the request's size)."""
     if not isinstance(exc, IbError):
         return False
     if exc.kind is ErrorKind.TIMEOUT:
-        return True
+        return not is_daily_or_longer(timeframe)
     return exc.kind is ErrorKind.INVALID_REQUEST and any(p in exc.message.lower()
                                                           for p in _TOO_LONG)
 
@@ -528,7 +530,8 @@ class IbDataAdapter(ExternalDataProvider):
         try:
             table = await self._await(self.farm.historical_bars(request), context, raw=True)
         except IbError as exc:
-            halves = _split(timeframe, start, end, calendar) if _too_long(exc) else None
+            halves = _split(timeframe, start, end, calendar) if _too_long(exc, timeframe) \
+                else None
             if not halves:
                 raise map_ib_error(exc, context) from exc
             log.info("%s (%s) %s; asking it in two halves", context, duration, exc.message)

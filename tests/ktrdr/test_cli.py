@@ -298,7 +298,7 @@ INTERRUPTED = ["AAPL", "MSFT", "EUR.USD", "SPY"]
 
 def _backfill(data, *extra: str) -> list[str]:
     return [sys.executable, "-m", "ktrdr.cli", "data", "backfill", *INTERRUPTED, "-t", "1h",
-            "--start", "2016-06-01", "--end", "2024-06-01", "--sim", "--data-dir", str(data),
+            "--start", "2021-06-01", "--end", "2024-06-01", "--sim", "--data-dir", str(data),
             *extra]
 
 
