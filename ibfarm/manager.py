@@ -576,7 +576,7 @@ class Manager:
                    now: float) -> tuple[WorkerHandle, Call]:
         item.state = ItemState.SENT
         item.lane, item.worker = lane, handle
-        item.grant = grant if grant.slot >= 0 else None
+        item.grant = None if grant.empty else grant
         item.sent_at = now
         item.deadline = now + item.budget + TIMEOUT_GRACE
         item.paused_left = None

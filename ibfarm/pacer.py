@@ -184,17 +184,25 @@ class Want:
 
 @dataclass(frozen=True)
 class Grant:
-    """A granted acquisition: the open slot a historical request holds (-1: none) and the
-    small-bar record it wrote (-1: none). It pickles, so the process that sends the request
-    (a worker) can re-date it while the one that asked (the manager) releases it."""
+    """A granted acquisition: the open slot a historical request holds (-1: none), the
+    small-bar record it wrote (-1: none) and the sequence numbers of the messages it took
+    (``messages`` from ``message``; -1: none). It pickles, so the process that sends the
+    request (a worker) can re-date it while the one that asked (the manager) releases it."""
 
     slot: int = -1
     token: int = 0
     record: int = -1
     key: int = 0
+    message: int = -1
+    messages: int = 0
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to re-date or release (pacing off, or a forced record)."""
+        return self.slot < 0 and self.message < 0
 
 
-#: The grant of a messages-only acquisition (nothing to release).
+#: The grant when pacing is off (nothing to re-date or release).
 MESSAGES_GRANTED = Grant()
 
 
@@ -390,13 +398,22 @@ class SharedPacer:
         return Waiter(self, want)
 
     def mark_sent(self, grant: Grant) -> None:
-        """The request of ``grant`` went out now: re-date its grant to now (only ever later,
-        so the rules stay satisfied). Any process attached to the gateway may call it."""
-        if grant.slot < 0 or self._closed:
+        """The request of ``grant`` went out now: re-date its grant, and its messages, to now
+        (only ever later, so the rules stay satisfied: the gateway counts a message when it
+        reads it, and a worker may send it a while after the grant). Any process attached to
+        the gateway may call it."""
+        if grant.empty or self._closed:
             return
         with self._locked():
             now = time.monotonic()
             h, t = self._h, self._t
+            head = int(h["msg_head"])
+            if grant.message >= 0 and head - grant.message <= N_MESSAGES - grant.messages:
+                # (still in the ring: not yet overwritten by later messages)
+                where = np.arange(grant.message, grant.message + grant.messages) % N_MESSAGES
+                t["msgs"][where] = np.maximum(t["msgs"][where], now)
+            if grant.slot < 0:
+                return
             h["last_hist"] = max(float(h["last_hist"]), now)
             if grant.record >= 0:
                 record = t["history"][grant.record]
@@ -541,7 +558,7 @@ class SharedPacer:
         h["msg_head"] += want.messages
         h["messages"] += want.messages
         if not want.historical:
-            return MESSAGES_GRANTED
+            return Grant(message=head, messages=want.messages)
         h["last_hist"] = now
         h["grants"] += 1
         slot = int(np.flatnonzero(t["slots"]["pid"] == 0)[0])
@@ -549,7 +566,7 @@ class SharedPacer:
         h["next_token"] = token
         t["slots"][slot] = (self._pid, self._start, now, token)
         self._held.add(slot)
-        return Grant(slot, token, record, want.key if record >= 0 else 0)
+        return Grant(slot, token, record, want.key if record >= 0 else 0, head, want.messages)
 
     def _refresh_ticket(self, ticket: tuple[int, int] | None, want: Want,
                         now: float) -> tuple[int, int] | None:

@@ -445,3 +445,20 @@ def test_policy_must_fit_the_shared_tables(ns: str) -> None:
 def test_segment_names_are_short_and_per_gateway() -> None:
     assert segment_name("a:1") != segment_name("a:2")
     assert len(segment_name("host.example.com:4002", "x" * 40)) <= 30
+
+
+def test_a_grant_is_dated_by_its_send_for_the_message_rate_too(ns):
+    # The gateway counts a message when it reads it; a worker may send a granted request a
+    # while after the manager took its grant. Re-dated at the send, the message holds the
+    # budget from then on, not from the grant.
+    policy = PacingPolicy(message_rate=1, message_window=0.5)
+    with SharedPacer(KEY, policy, namespace=ns, margin=0.01, margin_ratio=0.0) as pacer:
+        waiter = pacer.waiter(pacer.want_historical(req("a", bar=60)))
+        grant = waiter.poll()
+        assert grant is not None and grant.message >= 0
+        time.sleep(0.3)
+        pacer.mark_sent(grant)  # sent 0.3 s after the grant
+        time.sleep(0.3)  # 0.6 s after the grant: free if it were dated by the grant
+        assert pacer.try_acquire_messages(1) > 0.1  # still held: 0.51 s from the send
+        pacer.release(grant)
+        waiter.close()
