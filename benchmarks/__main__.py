@@ -9,6 +9,7 @@ skipped). Prints a table per scenario, writes JSON and a PNG chart under ``--out
     python -m benchmarks                        # the full run (README figures)
     python -m benchmarks --scenarios large,tiny --repeats 5
     python -m benchmarks --scenarios gateway,backfill   # the simulator alone; ktrdr backfill
+    python -m benchmarks --scenarios scale,gateways     # 250 to 20,000 requests; two gateways
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="small sizes and 2 repeats (under two minutes)")
     p.add_argument("--scenarios", help=f"comma-separated, of: {', '.join(SCENARIO_NAMES)}; "
-                   "or 'all' (default: the six numbered ones, without gateway and backfill)")
+                   "or 'all' (default: the six numbered ones, without gateway, backfill, scale "
+                   "and gateways)")
     p.add_argument("--contenders", help=f"comma-separated, of: {', '.join(CONTENDER_NAMES)}")
     p.add_argument("--repeats", type=int, help="repeats per scenario (default 3; --quick 2)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT,

@@ -20,6 +20,8 @@ PANELS = {
     "tiny": ("median_ms", "tiny request round trip, ms", None),
     "startup": ("per_conn_mb", "MB per connection", 70.0),
     "recovery": ("restart_after_s", "s to finish after gateway restart", None),
+    "scale": ("wall_per_bound", "wall / IB's bound (lower is better)", 1.3),
+    "gateways": ("rate", "small-bar req/s at the gateways", None),
 }
 
 

@@ -68,6 +68,17 @@ TARGETS = [
     Target("tiny", "farm-*", "added_ms", "<", 0.5, "added latency through the farm < 0.5 ms"),
     Target("startup", "farm-*", "worker_rss_mb", "<", 70.0, "worker RSS < 70 MB"),
     Target("startup", "farm-*", "cold_start_s", "<", 1.0, "worker cold start < 1 s"),
+    Target("scale", "farm-*@2500", "wall_per_bound", "<=", 1.3,
+           "farm: wall/bound <= 1.3 at 2,500 requests"),
+    Target("scale", "farm-*@20000", "wall_per_bound", "<=", 1.3,
+           "farm: wall/bound <= 1.3 at 20,000 requests"),
+    Target("scale", "farm-*", "unanswered", "==", 0, "farm: every request answered", "max"),
+    Target("scale", "farm-*", "violations", "==", 0, "farm: zero pacing violations at scale",
+           "max"),
+    Target("gateways", "two", "vs_one", ">=", 1.9,
+           "two gateways >= 1.9x one gateway's throughput"),
+    Target("gateways", "*", "violations", "==", 0, "zero violations at either", "max"),
+    Target("gateways", "*", "unanswered", "==", 0, "every request answered", "max"),
 ]
 OPS = {">=": lambda v, g: v >= g, "<=": lambda v, g: v <= g, "<": lambda v, g: v < g,
        "==": lambda v, g: v == g}

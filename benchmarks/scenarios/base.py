@@ -41,6 +41,27 @@ RATE_EXCEEDED, TOO_MANY_OPEN = 100, 322
 
 
 @dataclass(frozen=True)
+class ScaleTier:
+    """One size of the scale scenario: how many requests, under which rules and answer time.
+
+    Attributes:
+        requests: backfill requests in the batch.
+        pacing_scale: IB's windows divided by this (1: IB's own rules).
+        latency: seconds the gateway takes to answer each request.
+        margin: seconds the pacers add to every window.
+    """
+
+    requests: int
+    pacing_scale: float = 1.0
+    latency: float = 0.3
+    margin: float = DEFAULT_MARGIN
+
+    @property
+    def policy(self) -> PacingPolicy:
+        return PacingPolicy().scaled(self.pacing_scale)
+
+
+@dataclass(frozen=True)
 class Sizes:
     """How big each scenario is; ``Sizes.quick()`` is the ``--quick`` set."""
 
@@ -56,11 +77,23 @@ class Sizes:
     restart_down: float = 0.5
     capacity_requests: int = 48  # the gateway-capacity scenario, per pass
     backfill_jobs: int = 20  # symbol jobs in the backfill scenario (at most 20)
+    scale_tiers: tuple[ScaleTier, ...] = (
+        ScaleTier(250, pacing_scale=1.0, latency=0.3, margin=0.05),
+        ScaleTier(2_500, pacing_scale=10.0, latency=0.2, margin=0.01),
+        ScaleTier(20_000, pacing_scale=10.0, latency=0.02, margin=0.01),
+    )
+    gateways_scale: float = 200.0  # IB's windows divided by this in the gateways scenario
+    gateways_windows: int = 2  # windows after the first burst there
+    gateways_workers: int = 2  # farm workers per gateway there
+
     @classmethod
     def quick(cls) -> Sizes:
         return cls(large_requests=8, small_requests=60, pacing_scale=300.0, pacing_windows=1,
                    pacing_margin=0.01, tiny_rounds=60, recovery_requests=16,
-                   capacity_requests=16, backfill_jobs=6)
+                   capacity_requests=16, backfill_jobs=6,
+                   scale_tiers=(ScaleTier(100, 1.0, 0.1, 0.05), ScaleTier(500, 10.0, 0.1, 0.01),
+                                ScaleTier(1_000, 10.0, 0.02, 0.01)),
+                   gateways_scale=300.0, gateways_windows=1)
 
 
 @dataclass
