@@ -462,8 +462,9 @@ class ThreadPoolContender(_LoopContender):
               margin: float = DEFAULT_MARGIN) -> None:
         self._use(host, port, policy, margin)
         self._open_pacer()
-        # a handshake is not counted against the shared message rate (as in the farm): the
-        # gateway counts messages per connection, and these spread over ``size`` connections
+        # its handshakes are not counted against the shared message rate (the farm's workers
+        # count theirs): the gateway counts messages per connection, and a new connection's
+        # handshake is the only traffic on it at that moment
         self.pool = IbConnectionPool(host, port, size=self.size,
                                      first_client_id=self.client_ids[0])
 
