@@ -65,10 +65,16 @@ def test_scale_and_gateways_smallest_run(tmp_path, capsys):
         # the bound is a lower bound: a wall time under it would mean a broken rule (noise can
         # only lengthen the wall time)
         assert run["wall_s"] >= run["bound_s"] > 0, (name, run)
-    farm_rows = [row["runs"][0] for name, row in scale["contenders"].items()
-                 if name.startswith("farm-")]
-    assert all(r["violations"] == 0 for r in farm_rows), farm_rows
-    assert all(r["farm_timed_out"] == r["farm_failed"] == 0 for r in farm_rows), farm_rows
+        parts = run["pacing_violations"] + run["rate_exceeded"] + run["too_many_open"]
+        assert run["violations"] == parts, (name, run)
+    farm_rows = {name: row["runs"][0] for name, row in scale["contenders"].items()
+                 if name.startswith("farm-")}
+    assert all(r["farm_timed_out"] == r["farm_failed"] == 0 for r in farm_rows.values())
+    # under IB's own windows (1 s, the pacer's 0.05 s margin) the gateway refuses nothing; at
+    # ten times the message rate one connection's sends can bunch past a 10 ms margin (the
+    # farm resends, and the benchmark reports it), so only the unscaled size is held to zero
+    unscaled = [t["requests"] for t in saved["sizes"]["scale_tiers"] if t["pacing_scale"] == 1]
+    assert unscaled and all(farm_rows[f"farm-1@{n}"]["violations"] == 0 for n in unscaled)
     assert {b["binding"] for b in scale["params"]["bounds"].values()} >= {"message rate"}
     assert any("bound" in note and "max(" in note for note in scale["notes"])
 
@@ -91,8 +97,9 @@ def test_scale_and_gateways_smallest_run(tmp_path, capsys):
 
 
 def test_scale_skips_a_contender_beyond_its_size_and_says_why():
-    sizes = replace(Sizes.quick(), scale_tiers=(ScaleTier(60, 10.0, 0.02, 0.01),
-                                                 ScaleTier(120, 10.0, 0.02, 0.01)))
+    # IB's own windows: nothing here depends on a scaled message rate's timing
+    sizes = replace(Sizes.quick(), scale_tiers=(ScaleTier(60, 1.0, 0.02, 0.05),
+                                                 ScaleTier(120, 1.0, 0.02, 0.05)))
     contenders = make_contenders(["farm-1", "per-request"])
     contenders[1].most_requests = 60
     with SimGatewayProcess(PacingPolicy(), SIM_NOW) as gateway:
