@@ -9,6 +9,7 @@ skipped). Prints a table per scenario, writes JSON and a PNG chart under ``--out
     python -m benchmarks                        # the full run (README figures)
     python -m benchmarks --scenarios large,tiny --repeats 5
     python -m benchmarks --scenarios gateway,backfill   # the simulator alone; ktrdr backfill
+    python -m benchmarks --scenarios scale,gateways     # 250 to 20,000 requests; two gateways
 """
 
 from __future__ import annotations
@@ -25,7 +26,14 @@ from pathlib import Path
 from benchmarks import chart, harness
 from benchmarks.contenders import CONTENDER_NAMES, make_contenders
 from benchmarks.gateway import RealGateway, SimGatewayProcess
-from benchmarks.scenarios import SCENARIO_NAMES, SCENARIOS, SIM_NOW, Context, Sizes
+from benchmarks.scenarios import (
+    DEFAULT_SCENARIOS,
+    SCENARIO_NAMES,
+    SCENARIOS,
+    SIM_NOW,
+    Context,
+    Sizes,
+)
 from ibfarm.pacing import PacingPolicy
 
 log = logging.getLogger("benchmarks")
@@ -34,13 +42,14 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
 def _names(text: str | None, known: list[str], what: str) -> list[str] | None:
+    """The comma-separated names in ``text`` (None if empty); ValueError names the unknown."""
     if not text:
         return None
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise SystemExit(f"unknown {what} {unknown}; choose from {', '.join(known)}")
-    return names
+        raise ValueError(f"unknown {what} {', '.join(unknown)}; choose from {', '.join(known)}")
+    return names or None
 
 
 def _last_friday_close() -> datetime:
@@ -59,7 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="small sizes and 2 repeats (under two minutes)")
     p.add_argument("--scenarios", help=f"comma-separated, of: {', '.join(SCENARIO_NAMES)}; "
-                   "or 'all' (default: the six, without gateway and backfill)")
+                   "or 'all' (default: the six numbered ones, without gateway, backfill, scale "
+                   "and gateways)")
     p.add_argument("--contenders", help=f"comma-separated, of: {', '.join(CONTENDER_NAMES)}")
     p.add_argument("--repeats", type=int, help="repeats per scenario (default 3; --quick 2)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT,
@@ -76,6 +86,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("a real gateway needs --i-understand-this-uses-my-account")
     if args.repeats is not None and args.repeats < 1:
         p.error("--repeats must be at least 1")
+    try:
+        args.scenario_names = (SCENARIO_NAMES if args.scenarios == "all" else
+                               _names(args.scenarios, SCENARIO_NAMES, "scenarios")
+                               or DEFAULT_SCENARIOS)
+        args.contender_names = _names(args.contenders, CONTENDER_NAMES, "contenders")
+    except ValueError as exc:
+        p.error(str(exc))  # exit status 2
     return args
 
 
@@ -90,13 +107,9 @@ def main(argv: list[str] | None = None) -> dict:
     _exit_on_sigterm()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.scenarios == "all":
-        scenario_names = SCENARIO_NAMES
-    else:
-        scenario_names = (_names(args.scenarios, SCENARIO_NAMES, "scenarios")
-                          or [s.name for s in SCENARIOS if not s.optional])
-    scenarios = [s for s in SCENARIOS if s.name in scenario_names]
-    contenders = make_contenders(_names(args.contenders, CONTENDER_NAMES, "contenders"))
+    scenario_names = args.scenario_names
+    scenarios = [cls for name, cls in SCENARIOS.items() if name in scenario_names]
+    contenders = make_contenders(args.contender_names)
     sizes = Sizes.quick() if args.quick else Sizes()
     repeats = args.repeats or (2 if args.quick else 3)
     policy = PacingPolicy()
@@ -109,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
         now = SIM_NOW
     t = time.perf_counter()
     with gateway:
-        ctx = Context(gateway, now, sizes, policy)
+        ctx = Context(gateway, now, sizes, policy, quick=args.quick)
         record = {"quick": args.quick, "repeats": repeats, "scenarios": scenario_names,
                   "contenders": [c.name for c in contenders]}
         results = harness.run_all(ctx, scenarios, contenders, repeats, record)

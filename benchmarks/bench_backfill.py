@@ -44,12 +44,14 @@ INDEX = ["SPX"]
 ALL = STOCKS + FOREX + INDEX  # the 11 non-future symbols, in this order below
 
 
-def jobs(quick: bool = False) -> list[tuple[str, str, datetime, datetime]]:
-    """``(symbol, timeframe, start, end)``: 20 jobs of about 12 segments each."""
+def jobs(count: int = 20) -> list[tuple[str, str, datetime, datetime]]:
+    """``(symbol, timeframe, start, end)``: the first ``count`` (at most 20) of 20 jobs of
+    about 12 segments each."""
+    if not 1 <= count <= 20:
+        raise ValueError(f"between 1 and 20 backfill jobs, not {count}")
     hourly = [(s, "1h", NOW - timedelta(days=365), NOW) for s in ALL[:11]]
     fifteen = [(s, "15m", NOW - timedelta(weeks=12), NOW) for s in ALL[:9]]
-    out = hourly + fifteen
-    return out[:6] if quick else out
+    return (hourly + fifteen)[:count]
 
 
 def _contract(symbol: str):
@@ -162,7 +164,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    work = jobs(args.quick)
+    work = jobs(6 if args.quick else 20)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("sequential", "farm"):

@@ -20,7 +20,15 @@ PANELS = {
     "tiny": ("median_ms", "tiny request round trip, ms", None),
     "startup": ("per_conn_mb", "MB per connection", 70.0),
     "recovery": ("restart_after_s", "s to finish after gateway restart", None),
+    "scale": ("wall_per_bound", "wall / IB's bound (lower is better)", 1.3),
+    "gateways": ("rate", "small-bar req/s at the gateways", None),
 }
+
+
+def _panel_title(title: str, label: str) -> str:
+    """"3. Pacing-bound ..." -> "3. <label>"; "Scale: backfill ..." -> "Scale: <label>"."""
+    head = title.split(".", 1)[0]
+    return f"{head}. {label}" if head.isdigit() else f"{title.split(':', 1)[0]}: {label}"
 
 
 def draw(results: dict, path: Path) -> Path | None:
@@ -39,7 +47,7 @@ def draw(results: dict, path: Path) -> Path | None:
         return None
     cols = min(3, len(panels))
     rows = (len(panels) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     for ax, (name, (metric, label, target)) in zip(axes.flat, panels, strict=False):
@@ -49,14 +57,18 @@ def draw(results: dict, path: Path) -> Path | None:
             s = row["summary"].get(metric)
             if s is None:
                 continue
-            names.append(textwrap.fill(row["label"].replace(",", ""), 11))
+            names.append(row["label"].replace(",", ""))
             med.append(s["median"])
             low.append(s["median"] - s["min"])
             high.append(s["max"] - s["median"])
-            colors.append("#2b6cb0" if cname.startswith("farm") else "#a0aec0")
+            farm = cname.startswith("farm") or row["label"].startswith("farm")
+            colors.append("#2b6cb0" if farm else "#a0aec0")
         ax.bar(range(len(names)), med, yerr=[low, high], color=colors, capsize=3)
-        ax.set_xticks(range(len(names)), names, fontsize=7)
-        ax.set_title(sc["title"].split(".", 1)[0] + ". " + label, fontsize=9)
+        if len(names) > 8:  # many rows (the scale scenario): labels on their side
+            ax.set_xticks(range(len(names)), names, fontsize=6, rotation=90)
+        else:
+            ax.set_xticks(range(len(names)), [textwrap.fill(n, 11) for n in names], fontsize=7)
+        ax.set_title(textwrap.fill(_panel_title(sc["title"], label), 60), fontsize=9)
         ax.tick_params(axis="y", labelsize=8)
         if target is not None:
             ax.axhline(target, color="#c53030", linestyle="--", linewidth=1)

@@ -1,9 +1,18 @@
 """The ways of getting bars that the benchmark compares, behind one small interface.
 
-Every contender gets the same ``BarRequest`` list and returns one pandas DataFrame per request:
+Every contender gets the same ``BarRequest`` list and either returns one pandas DataFrame per
+request (``fetch``: the first failure raises) or says what became of every request
+(``tally``: answered, failed, timed out, with the bars counted in the contender's own form,
+an Arrow table or ib_insync's bar list, without building DataFrames)::
 
-* ``FarmContender(n)``: ``IbFarm`` with ``n`` worker processes (``Table.to_pandas()``);
-* ``GatherContender``: one ib_insync connection used well: every request in flight at once
+    make_contenders(names) ─► [Contender] ─ start(host, port, policy, margin) ─ warm()
+                                  │ fetch(requests, timeout) ─► [DataFrame]
+                                  │ tally(requests, timeout) ─► Tally
+                                  └ tiny() (one round trip), stop()
+
+* ``FarmContender(n)``: ``IbFarm`` with ``n`` worker processes per gateway
+  (``Table.to_pandas()``); with ``gateways=[...]`` one farm over several gateways;
+* ``GatherContender``: one ib_insync connection used well: every request submitted at once
   with ``asyncio.gather``, ``util.df`` for the frames;
 * ``ThreadPoolContender``: the redesign plan's thread-per-connection pool
   (``baselines/thread_pool.py``);
@@ -12,20 +21,28 @@ Every contender gets the same ``BarRequest`` list and returns one pandas DataFra
 The baselines wait for the same pacing rules as the farm (a ``SharedPacer`` of their own,
 dating each grant by the send, with ib_insync's own throttle off as in the farm's workers) and
 retry a request whose connection dropped after reconnecting, so every contender finishes the
-same work without breaking the gateway's rules.
+same work without breaking the gateway's rules. Like the farm, which keeps waiting work in its
+manager's queue and lets the pacer see only the queue's head, a baseline keeps at most the
+gateway's open-request limit of requests waiting for its pacer or at the gateway; the rest
+wait their turn in the caller (a pacer polled by 20,000 waiters at once would measure the
+polling, not the connection).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import itertools
 import logging
 import os
 import signal
+import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
@@ -33,6 +50,7 @@ from benchmarks.baselines.thread_pool import IbConnectionPool
 from ibfarm import BarRequest, FarmConfig, IbFarm, make_contract
 from ibfarm.backend import IB, RequestError, util
 from ibfarm.bars import bar_seconds, normalize_bar_size
+from ibfarm.errors import RequestTimeoutError
 from ibfarm.pacer import SharedPacer
 from ibfarm.pacing import PacedRequest, PacingPolicy
 
@@ -46,6 +64,44 @@ RECONNECT_WAIT = 0.1
 CONNECT_MESSAGES = 10
 #: Times a baseline retries a request that the gateway refused as a pacing violation.
 PACING_RETRIES = 2
+#: Seconds the pacers add to every window unless a scenario says otherwise (the farm's default).
+DEFAULT_MARGIN = 0.05
+
+
+class Unanswered(TimeoutError):
+    """A request still unanswered at the scenario's deadline (it is cancelled then)."""
+
+
+@dataclass
+class Tally:
+    """What became of a batch of requests."""
+
+    requests: int = 0
+    answered: int = 0
+    failed: int = 0
+    timed_out: int = 0  # the request's own timeout, or unanswered at the scenario's deadline
+    bars: int = 0
+    errors: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    @classmethod
+    def of(cls, answers: Sequence[Any], rows: Callable[[Any], int]) -> Tally:
+        """Count ``answers`` (a result or the exception of each request)."""
+        tally = cls(requests=len(answers))
+        for answer in answers:
+            if isinstance(answer, (Unanswered, RequestTimeoutError, asyncio.TimeoutError)):
+                tally.timed_out += 1
+            elif isinstance(answer, BaseException):
+                tally.failed += 1
+                tally.errors[f"{type(answer).__name__}: {answer}"[:160]] += 1
+            else:
+                tally.answered += 1
+                tally.bars += rows(answer)
+        return tally
+
+    def metrics(self) -> dict:
+        return {"requests": self.requests, "answered": self.answered, "failed": self.failed,
+                "timed_out": self.timed_out, "unanswered": self.failed + self.timed_out,
+                "bars": self.bars, "errors": dict(self.errors.most_common(3))}
 
 
 def paced(request: BarRequest) -> PacedRequest:
@@ -62,8 +118,8 @@ def paced(request: BarRequest) -> PacedRequest:
                         bar_seconds=bar_seconds(bar_size))
 
 
-async def fetch_on(ib: IB, request: BarRequest, pacer: SharedPacer | None) -> pd.DataFrame:
-    """One request on a connected ``IB``, paced, as a DataFrame (empty if no bars)."""
+async def bars_on(ib: IB, request: BarRequest, pacer: SharedPacer | None):
+    """One request on a connected ``IB``, paced: ib_insync's bar list."""
     contract = make_contract(request.symbol, request.sec_type, request.exchange,
                              request.currency)
 
@@ -75,14 +131,12 @@ async def fetch_on(ib: IB, request: BarRequest, pacer: SharedPacer | None) -> pd
     for attempt in range(PACING_RETRIES + 1):
         try:
             if pacer is None:
-                bars = await ask()
-            else:
-                async with pacer.historical(paced(request)) as sent:
-                    answer = ask()
-                    await asyncio.sleep(0)  # the request has gone out: date the grant by it
-                    sent()
-                    bars = await answer
-            break
+                return await ask()
+            async with pacer.historical(paced(request)) as sent:
+                answer = ask()
+                await asyncio.sleep(0)  # the request has gone out: date the grant by it
+                sent()
+                return await answer
         except RequestError as exc:
             # the gateway saw a pacing violation: wait one window, as IB asks, and retry
             if "pacing violation" not in exc.message or attempt == PACING_RETRIES:
@@ -90,12 +144,41 @@ async def fetch_on(ib: IB, request: BarRequest, pacer: SharedPacer | None) -> pd
             wait = pacer.policy.window if pacer is not None else 1.0
             log.warning("pacing violation on %s; retrying in %.1f s", request.symbol, wait)
             await asyncio.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def frame_of(bars) -> pd.DataFrame:
+    """ib_insync's bar list as a DataFrame (empty if no bars)."""
     frame = util.df(bars)
     return frame if frame is not None else pd.DataFrame()
 
 
+async def fetch_on(ib: IB, request: BarRequest, pacer: SharedPacer | None) -> pd.DataFrame:
+    """One request on a connected ``IB``, paced, as a DataFrame (empty if no bars)."""
+    return frame_of(await bars_on(ib, request, pacer))
+
+
 async def _current_time(ib: IB):
     return await ib.reqCurrentTimeAsync()
+
+
+async def _settle(tasks: list[asyncio.Task], timeout: float) -> list[Any]:
+    """Each task's result or exception after at most ``timeout`` s (the rest are cancelled
+    and reported as ``Unanswered``)."""
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    out: list[Any] = []
+    for task in tasks:
+        if task.cancelled():
+            out.append(Unanswered("unanswered at the deadline"))
+        elif task.exception() is not None:
+            out.append(task.exception())
+        else:
+            out.append(task.result())
+    return out
 
 
 class Contender(ABC):
@@ -106,28 +189,49 @@ class Contender(ABC):
     connections: int = 1
     #: a tiny request costs a whole connection: measure fewer of them
     expensive_tiny: bool = False
+    #: the largest batch it is given in the scale scenario (None: any), and why
+    most_requests: int | None = None
+    why_fewer: str = ""
 
     def __init__(self, client_ids: range):
         self.client_ids = client_ids
         self.host, self.port = "127.0.0.1", 0
         self.policy = PacingPolicy()
+        self.margin = DEFAULT_MARGIN
 
-    #: seconds the pacer adds to every window (the farm's default)
-    margin: float = 0.05
+    def _use(self, host: str, port: int, policy: PacingPolicy, margin: float) -> None:
+        self.host, self.port, self.policy, self.margin = host, port, policy, margin
 
     @abstractmethod
-    def start(self, host: str, port: int, policy: PacingPolicy) -> None:
-        """Get ready to serve (connect, or open the pool); cheap contenders may do nothing."""
+    def start(self, host: str, port: int, policy: PacingPolicy,
+              margin: float = DEFAULT_MARGIN) -> None:
+        """Get ready to serve ``policy``'s gateway at host:port (connect, or open the pool);
+        ``margin``: seconds its pacer adds to every window."""
 
     def warm(self) -> None:
         """Have every connection up (the farm's workers start lazily)."""
         self.tiny()
 
+    def fetch(self, requests: list[BarRequest], timeout: float) -> list[pd.DataFrame]:
+        """Every request's bars as a DataFrame, in order; the first failure raises."""
+        answers = self._answers(requests, timeout, convert=True)
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+        return answers
+
+    def tally(self, requests: list[BarRequest], timeout: float) -> Tally:
+        """Every request sent; what became of each within ``timeout`` seconds."""
+        return Tally.of(self._answers(requests, timeout, convert=False), self._rows)
+
     @abstractmethod
-    def fetch(self, requests: list[BarRequest], timeout: float,
-              stamps: list[float] | None = None) -> list[pd.DataFrame]:
-        """Every request's bars as a DataFrame, in order; each answer's ``time.monotonic()``
-        is appended to ``stamps`` as it arrives."""
+    def _answers(self, requests: list[BarRequest], timeout: float, convert: bool) -> list[Any]:
+        """Per request, in order: its bars (a DataFrame when ``convert``, made as each
+        answer arrives) or its exception; ``Unanswered`` after ``timeout`` seconds."""
+
+    @staticmethod
+    def _rows(answer: Any) -> int:
+        return len(answer)
 
     @abstractmethod
     def tiny(self) -> None:
@@ -147,48 +251,70 @@ class Contender(ABC):
 
 
 class FarmContender(Contender):
-    """``IbFarm`` with ``workers`` worker processes."""
+    """``IbFarm`` with ``workers`` worker processes (per gateway).
 
-    def __init__(self, workers: int, client_ids: range):
+    Args:
+        gateways: ``["host:port", ...]`` for one farm over several gateways; None: the
+            ``host``/``port`` given to ``start``.
+    """
+
+    def __init__(self, workers: int, client_ids: range, gateways: Sequence[str] | None = None,
+                 name: str | None = None, label: str | None = None):
         super().__init__(client_ids)
         self.workers = workers
-        self.name = f"farm-{workers}"
-        self.label = f"farm, {workers} worker{'s' if workers > 1 else ''}"
-        self.connections = workers
+        self.gateways = list(gateways) if gateways else None
+        self.name = name or f"farm-{workers}"
+        self.label = label or f"farm, {workers} worker{'s' if workers > 1 else ''}"
+        self.connections = workers * len(self.gateways or [None])
         self.farm: IbFarm | None = None
 
-    def start(self, host: str, port: int, policy: PacingPolicy) -> None:
-        self.host, self.port, self.policy = host, port, policy
-        self.farm = IbFarm(FarmConfig(host=host, port=port, max_workers=self.workers,
+    def start(self, host: str, port: int, policy: PacingPolicy,
+              margin: float = DEFAULT_MARGIN) -> None:
+        self._use(host, port, policy, margin)
+        where = {"gateways": self.gateways} if self.gateways else {"host": host, "port": port}
+        self.farm = IbFarm(FarmConfig(**where, max_workers=self.workers,
                                       client_ids=self.client_ids, pacing=policy,
-                                      pacing_margin=self.margin, request_timeout=60.0))
+                                      pacing_margin=margin, request_timeout=60.0))
 
     def warm(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             # concurrent requests with ids of their own (reqCurrentTime has one fixed key)
-            futures = [self.farm.contract_details("AAPL") for _ in range(2 * self.workers)]
+            futures = [self.farm.contract_details("AAPL") for _ in range(2 * self.connections)]
             for future in futures:
                 future.result(timeout)
             ready = [w for w in self.farm.status()["workers"] if w["state"] == "ready"]
-            if len(ready) >= self.workers:
+            if len(ready) >= self.connections:
                 return
             time.sleep(0.05)
         raise TimeoutError(f"{self.name}: not every worker connected within {timeout} s")
 
-    def fetch(self, requests: list[BarRequest], timeout: float,
-              stamps: list[float] | None = None) -> list[pd.DataFrame]:
-        if stamps is None:
-            return [table.to_pandas() for table in self.farm.map_bars(requests, timeout=timeout)]
+    def _answers(self, requests: list[BarRequest], timeout: float, convert: bool) -> list[Any]:
         futures = [self.farm.historical_bars(r) for r in requests]
-        for future in futures:
-            future.add_done_callback(lambda _f: stamps.append(time.monotonic()))
-        concurrent.futures.wait(futures, timeout)
-        return [future.result(0).to_pandas() for future in futures]
+        end = time.monotonic() + timeout
+        out: list[Any] = []
+        for future in futures:  # in order: the caller converts one while the rest arrive
+            try:
+                table = future.result(max(0.0, end - time.monotonic()))
+            except concurrent.futures.TimeoutError:
+                future.cancel()
+                out.append(Unanswered("unanswered at the deadline"))
+            except Exception as exc:  # that request's failure, counted
+                out.append(exc)
+            else:
+                out.append(table.to_pandas() if convert else table)
+        return out
+
+    @staticmethod
+    def _rows(answer: Any) -> int:
+        return answer.num_rows
 
     def tiny(self) -> None:
         # an ib_insync method: a worker unpickles it without importing this module (pandas)
         self.farm.submit(IB.reqCurrentTimeAsync).result(10)
+
+    def status(self) -> dict:
+        return self.farm.status()
 
     def stop(self) -> None:
         if self.farm is not None:
@@ -211,14 +337,19 @@ class _LoopContender(Contender):
 
     pacer: SharedPacer | None = None
 
-    def _open_pacer(self, host: str, port: int, policy: PacingPolicy) -> None:
-        self.pacer = SharedPacer(f"{host}:{port}", policy, namespace=f"ibbench{self.name}",
-                                 margin=self.margin)
+    def _open_pacer(self) -> None:
+        self.pacer = SharedPacer(f"{self.host}:{self.port}", self.policy,
+                                 namespace=f"ibbench{self.name}", margin=self.margin)
 
     def _close_pacer(self) -> None:
         if self.pacer is not None:
             self.pacer.close()
             self.pacer = None
+
+    @property
+    def in_flight_limit(self) -> int:
+        """Requests at most waiting for the pacer or at the gateway at once."""
+        return self.policy.max_open_requests
 
     @staticmethod
     def _run(coro, timeout: float):
@@ -226,9 +357,24 @@ class _LoopContender(Contender):
         # socket that the retries here are meant to survive
         return util.getLoop().run_until_complete(asyncio.wait_for(coro, timeout))
 
+    def _batch(self, requests: list[BarRequest], timeout: float, limit: int,
+               one: Callable[[BarRequest], Any], convert: bool) -> list[Any]:
+        """``await one(request)`` for every request, ``limit`` at a time."""
+        async def everything() -> list[Any]:
+            gate = asyncio.Semaphore(limit)
+
+            async def guarded(request: BarRequest) -> Any:
+                async with gate:
+                    bars = await one(request)
+                return frame_of(bars) if convert else bars
+            return await _settle([asyncio.ensure_future(guarded(r)) for r in requests],
+                                 timeout)
+        # the outer limit only guards a hang in cleaning up
+        return self._run(everything(), timeout + 30)
+
 
 class GatherContender(_LoopContender):
-    """One ib_insync connection; every request in flight at once (``asyncio.gather``)."""
+    """One ib_insync connection; every request submitted at once (``asyncio.gather``)."""
 
     name = "gather"
     label = "1 ib_insync conn, gather"
@@ -240,9 +386,10 @@ class GatherContender(_LoopContender):
         self.ib.client.MaxRequests = 0  # the pacer is the only throttle, as in the farm
         self._lock: asyncio.Lock | None = None
 
-    def start(self, host: str, port: int, policy: PacingPolicy) -> None:
-        self.host, self.port, self.policy = host, port, policy
-        self._open_pacer(host, port, policy)
+    def start(self, host: str, port: int, policy: PacingPolicy,
+              margin: float = DEFAULT_MARGIN) -> None:
+        self._use(host, port, policy, margin)
+        self._open_pacer()
         self._run(self._connected(), 30)
 
     async def _connected(self) -> None:
@@ -269,24 +416,18 @@ class GatherContender(_LoopContender):
                     await asyncio.sleep(RECONNECT_WAIT)
             raise ConnectionError("gather: could not reconnect")
 
-    async def _one(self, request: BarRequest, stamps: list[float] | None) -> pd.DataFrame:
+    async def _one(self, request: BarRequest):
         for _ in range(RETRIES):
             await self._connected()
             try:
-                frame = await fetch_on(self.ib, request, self.pacer)
-                if stamps is not None:
-                    stamps.append(time.monotonic())
-                return frame
+                return await bars_on(self.ib, request, self.pacer)
             except (ConnectionError, OSError) as exc:
                 log.debug("gather: %r; retrying", exc)
                 await asyncio.sleep(RECONNECT_WAIT)
         raise ConnectionError(f"gather: gave up on {request}")
 
-    def fetch(self, requests: list[BarRequest], timeout: float,
-              stamps: list[float] | None = None) -> list[pd.DataFrame]:
-        async def everything():
-            return await asyncio.gather(*(self._one(r, stamps) for r in requests))
-        return self._run(everything(), timeout)
+    def _answers(self, requests: list[BarRequest], timeout: float, convert: bool) -> list[Any]:
+        return self._batch(requests, timeout, self.in_flight_limit, self._one, convert)
 
     def tiny(self) -> None:
         self._run(self._tiny(), 10)
@@ -317,11 +458,13 @@ class ThreadPoolContender(_LoopContender):
         self.connections = size
         self.pool: IbConnectionPool | None = None
 
-    def start(self, host: str, port: int, policy: PacingPolicy) -> None:
-        self.host, self.port, self.policy = host, port, policy
-        self._open_pacer(host, port, policy)
-        # a handshake is not counted against the shared message rate (as in the farm): the
-        # gateway counts messages per connection, and these spread over ``size`` connections
+    def start(self, host: str, port: int, policy: PacingPolicy,
+              margin: float = DEFAULT_MARGIN) -> None:
+        self._use(host, port, policy, margin)
+        self._open_pacer()
+        # its handshakes are not counted against the shared message rate (the farm's workers
+        # count theirs): the gateway counts messages per connection, and a new connection's
+        # handshake is the only traffic on it at that moment
         self.pool = IbConnectionPool(host, port, size=self.size,
                                      first_client_id=self.client_ids[0])
 
@@ -332,15 +475,27 @@ class ThreadPoolContender(_LoopContender):
         for future in futures:
             future.result(timeout)
 
-    def fetch(self, requests: list[BarRequest], timeout: float,
-              stamps: list[float] | None = None) -> list[pd.DataFrame]:
-        pacer = self.pacer
-        futures = [self.pool.submit(_job(request, pacer)) for request in requests]
-        if stamps is not None:
-            for future in futures:
-                future.add_done_callback(lambda _f: stamps.append(time.monotonic()))
+    def _answers(self, requests: list[BarRequest], timeout: float, convert: bool) -> list[Any]:
+        gate = threading.BoundedSemaphore(self.in_flight_limit)
         end = time.monotonic() + timeout
-        return [future.result(max(0.0, end - time.monotonic())) for future in futures]
+        futures: list[concurrent.futures.Future] = []
+        for request in requests:  # the caller waits for a free place before submitting
+            if not gate.acquire(timeout=max(0.0, end - time.monotonic())):
+                break
+            future = self.pool.submit(_job(request, self.pacer, convert))
+            future.add_done_callback(lambda _f: gate.release())
+            futures.append(future)
+        out: list[Any] = []
+        for future in futures:
+            try:
+                out.append(future.result(max(0.0, end - time.monotonic())))
+            except concurrent.futures.TimeoutError:
+                out.append(Unanswered("unanswered at the deadline"))
+            except Exception as exc:  # that request's failure, counted
+                out.append(exc)
+        out += [Unanswered("never submitted before the deadline")
+                for _ in range(len(requests) - len(futures))]
+        return out
 
     def tiny(self) -> None:
         self.pool.submit(_current_time).result(10)
@@ -357,9 +512,10 @@ async def _slow_tiny(ib: IB) -> None:
     await asyncio.sleep(0.05)
 
 
-def _job(request: BarRequest, pacer: SharedPacer | None) -> Callable:
-    async def job(ib: IB) -> pd.DataFrame:
-        return await fetch_on(ib, request, pacer)
+def _job(request: BarRequest, pacer: SharedPacer | None, convert: bool) -> Callable:
+    async def job(ib: IB):
+        bars = await bars_on(ib, request, pacer)
+        return frame_of(bars) if convert else bars
     return job
 
 
@@ -369,6 +525,9 @@ class PerRequestContender(_LoopContender):
     name = "per-request"
     label = "new conn per request"
     expensive_tiny = True
+    most_requests = 2_500
+    why_fewer = ("a connection per request (connect, ask, disconnect, 8 at a time) does not "
+                 "finish that many in reasonable time")
 
     def __init__(self, client_ids: range, concurrency: int = 8):
         super().__init__(client_ids)
@@ -376,12 +535,10 @@ class PerRequestContender(_LoopContender):
         self._ids = itertools.cycle(client_ids)
         self.connections = concurrency
 
-    def start(self, host: str, port: int, policy: PacingPolicy) -> None:
-        self.host, self.port, self.policy = host, port, policy
-        self._open_pacer(host, port, policy)
-
-    def warm(self) -> None:
-        self.tiny()
+    def start(self, host: str, port: int, policy: PacingPolicy,
+              margin: float = DEFAULT_MARGIN) -> None:
+        self._use(host, port, policy, margin)
+        self._open_pacer()
 
     async def _with_connection(self, work: Callable) -> object:
         for _ in range(RETRIES):
@@ -398,20 +555,10 @@ class PerRequestContender(_LoopContender):
                 ib.disconnect()
         raise ConnectionError("per-request: gave up")
 
-    def fetch(self, requests: list[BarRequest], timeout: float,
-              stamps: list[float] | None = None) -> list[pd.DataFrame]:
-        async def everything():
-            gate = asyncio.Semaphore(self.concurrency)
-
-            async def one(request: BarRequest) -> pd.DataFrame:
-                async with gate:
-                    frame = await self._with_connection(
-                        lambda ib: fetch_on(ib, request, self.pacer))
-                if stamps is not None:
-                    stamps.append(time.monotonic())
-                return frame
-            return await asyncio.gather(*(one(r) for r in requests))
-        return self._run(everything(), timeout)
+    def _answers(self, requests: list[BarRequest], timeout: float, convert: bool) -> list[Any]:
+        def one(request: BarRequest):
+            return self._with_connection(lambda ib: bars_on(ib, request, self.pacer))
+        return self._batch(requests, timeout, self.concurrency, one, convert)
 
     def tiny(self) -> None:
         self._run(self._with_connection(_current_time), 10)

@@ -77,7 +77,7 @@ def _record_arrivals(gw) -> list[float]:
     benchmark measure the rate requests reached the gateway, apart from how long answers take.
     """
     arrivals: list[float] = []
-    rules = gw._rules
+    rules = gw.rules
     check = rules.check
 
     def recording(request, now):

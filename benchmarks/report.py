@@ -39,11 +39,20 @@ def markdown(results: dict) -> str:
                   "|---|" + "---:|" * len(metrics)]
         for row in sc["contenders"].values():
             cells = [_cell(row["summary"], m["key"], m["format"]) for m in metrics]
+            if "skipped" in row and not row["summary"]:
+                cells[0] = "skipped"
             lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
         lines.append("")
+        for row in sc["contenders"].values():
+            if "skipped" in row:
+                lines.append(f"- {row['label']}: {row['skipped']}")
+            for err in dict.fromkeys(row.get("errors", [])):
+                lines.append(f"- {row['label']} failed: {err}")
+        if lines[-1] != "":
+            lines.append("")
     checks = results.get("checks", [])
     if checks:
-        lines += ["| target | contender | median | met |", "|---|---|---:|---|"]
+        lines += ["| target | contender | figure | met |", "|---|---|---:|---|"]
         for c in checks:
             lines.append(f"| {c['target']} | {c['contender']} | {c['value']:.3g} | "
                          f"{'yes' if c['met'] else '**no**'} |")

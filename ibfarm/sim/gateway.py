@@ -103,8 +103,9 @@ class SimGateway:
         return self._house.policy
 
     @property
-    def _rules(self) -> PacingRules:
-        # The benchmark harness records arrivals by wrapping the rules' check.
+    def rules(self) -> PacingRules:
+        """The checker of the small-bar rules every session shares (the benchmark harness
+        wraps its ``check`` to record when requests arrive)."""
         return self._house.rules
 
     # ----------------------------------------------------------------- lifecycle
