@@ -123,7 +123,7 @@ def fetch(
     for note in notes:
         typer.echo(note, err=True)
     if not gateway.sim:
-        reason = clikit.probe(gateway.host, gateway.port)
+        reason = clikit.probe_gateway(gateway)
         if reason is not None:
             raise clikit.fail(clikit.unreachable(gateway, reason))
     table = _fetch(request, gateway, timeout)
@@ -212,11 +212,11 @@ def _fetch(request, gateway: clikit.Gateway, timeout: float):
 
             sim = stack.enter_context(SimGateway(port=0))
             gateway = clikit.Gateway("127.0.0.1", sim.port, sim=True, source="--sim")
-        # IB_HOST/IB_PORT were read (and checked) by gateway_address already.
-        env = {k: v for k, v in os.environ.items() if k not in ("IB_HOST", "IB_PORT")}
+        # IB_HOST/IB_PORT/IB_GATEWAYS were read (and checked) by gateway_address already.
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("IB_HOST", "IB_PORT", "IB_GATEWAYS")}
         try:
-            config = FarmConfig.from_env(env, host=gateway.host, port=gateway.port,
-                                         max_workers=1)
+            config = FarmConfig.from_env(env, **gateway.farm_options(), max_workers=1)
         except ValueError as exc:
             raise clikit.fail(str(exc), clikit.EXIT_USAGE) from None
         farm = stack.enter_context(IbFarm(config))

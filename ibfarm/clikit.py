@@ -134,17 +134,31 @@ class Gateway:
     host: str
     port: int
     sim: bool = False
-    source: str = "default"  # "--host/--port", "IB_HOST/IB_PORT" or "default"
+    source: str = "default"  # "--host/--port", "IB_HOST/IB_PORT", "IB_GATEWAYS" or "default"
+    gateways: tuple[str, ...] = ()  # every "host:port" of IB_GATEWAYS (host, port: the first)
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return ", ".join(self.gateways) if self.gateways else f"{self.host}:{self.port}"
+
+    def addresses(self) -> list[tuple[str, int]]:
+        """Every gateway as ``(host, port)``."""
+        if not self.gateways:
+            return [(self.host, self.port)]
+        return [(key.rpartition(":")[0], int(key.rpartition(":")[2])) for key in self.gateways]
 
     def named(self) -> str:
         """The address and where it came from: ``127.0.0.1:4002 (IB_HOST:IB_PORT)``."""
         names = {"--host/--port": "--host/--port", "IB_HOST/IB_PORT": "IB_HOST:IB_PORT",
+                 "IB_GATEWAYS": "IB_GATEWAYS",
                  "default": "the default; set IB_HOST/IB_PORT or --host/--port"}
         return f"{self.address} ({names.get(self.source, self.source)})"
+
+    def farm_options(self) -> dict:
+        """The ``FarmConfig`` fields that name this gateway (or these gateways)."""
+        if self.gateways:
+            return {"gateways": list(self.gateways)}
+        return {"host": self.host, "port": self.port}
 
 
 def sim_requested(flag: bool = False, env: Mapping[str, str] | None = None) -> bool:
@@ -195,6 +209,18 @@ def gateway_address(host: str | None = None, port: int | None = None, sim: bool 
         port = parse_port(str(port), "--port")
     if host is not None and not host.strip():
         raise UsageError("--host is empty; give the gateway's host name or address")
+    listed = env.get("IB_GATEWAYS", "").strip()
+    if listed and host is None and port is None:
+        from ibfarm.config import GatewayAddress
+
+        try:
+            found = [GatewayAddress.parse(g, range(1, 2)) for g in listed.split(",") if g.strip()]
+        except ValueError as exc:
+            raise UsageError(f"IB_GATEWAYS={listed!r}: {exc}") from None
+        if not found:
+            raise UsageError("IB_GATEWAYS is set but names no gateway; use host:port,host:port")
+        return Gateway(found[0].host, found[0].port, source="IB_GATEWAYS",
+                       gateways=tuple(g.strip() for g in listed.split(",") if g.strip()))
     source = "--host/--port" if host is not None or port is not None else (
         "IB_HOST/IB_PORT" if env_host or env_port else "default")
     return Gateway(host.strip() if host else env_host or DEFAULT_HOST,
@@ -218,10 +244,18 @@ def probe(host: str, port: int, timeout: float = 2.0) -> str | None:
         return (exc.strerror or str(exc) or type(exc).__name__).lower()
 
 
+def probe_gateway(gateway: Gateway, timeout: float = 2.0) -> str | None:
+    """``probe`` of every address of ``gateway``: None when one of them connected (a farm over
+    several gateways works while one is up), else the first one's reason."""
+    reasons = [probe(host, port, timeout) for host, port in gateway.addresses()]
+    return None if any(r is None for r in reasons) else reasons[0]
+
+
 def unreachable(gateway: Gateway, reason: str) -> str:
     """The one line for a gateway that cannot be reached."""
+    ports = ", ".join(str(port) for _, port in gateway.addresses())
     return (f"cannot connect to IB Gateway/TWS at {gateway.named()}: {reason}. Check that it "
-            f"is running and logged in with its API enabled on port {gateway.port}, or pass "
+            f"is running and logged in with its API enabled on port {ports}, or pass "
             f"--sim to use the simulated gateway")
 
 

@@ -154,7 +154,7 @@ def _manager(data_dir: str | None, gateway: Any, latency: float = 0.0,
             err_console.print(f"[dim]simulated IB Gateway on 127.0.0.1:{embedded.gateway.port}"
                               f"[/dim]")
         else:
-            adapter = IbDataAdapter.from_env(host=gateway.host, port=gateway.port,
+            adapter = IbDataAdapter.from_env(**gateway.farm_options(),
                                              **({"max_workers": workers} if workers else {}))
         manager = DataManager(data_dir, adapter)
         try:
@@ -237,7 +237,7 @@ def _gateway(host: str | None, port: int | None, sim: bool, fetches: bool = True
     """
     gateway = clikit.gateway_address(host, port, sim)
     if fetches and not gateway.sim:
-        reason = clikit.probe(gateway.host, gateway.port)
+        reason = clikit.probe_gateway(gateway)
         if reason is not None:
             raise _say(clikit.unreachable(gateway, reason), 1)
     return gateway
