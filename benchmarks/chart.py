@@ -12,7 +12,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-#: Per scenario: (metric, axis label, target line or None).
+#: Per scenario: (metric, axis label, target line or None); LOG: panels on a log axis.
 PANELS = {
     "large": ("bars_per_s", "1-min bars/s as pandas", None),
     "small": ("req_per_s", "small requests/s (1-hour bars)", None),
@@ -22,7 +22,10 @@ PANELS = {
     "recovery": ("restart_after_s", "s to finish after gateway restart", None),
     "scale": ("wall_per_bound", "wall / IB's bound (lower is better)", 1.3),
     "gateways": ("rate", "small-bar req/s at the gateways", None),
+    "ib_latency": ("wall_per_bound", "wall / bound on IB's answer times", None),
+    "store_read": ("load_data_speed", "time / load_data's (load_data speed)", 0.8),
 }
+LOG = {"ib_latency"}  # the serial row is tens of times the others
 
 
 def _panel_title(title: str, label: str) -> str:
@@ -61,7 +64,7 @@ def draw(results: dict, path: Path) -> Path | None:
             med.append(s["median"])
             low.append(s["median"] - s["min"])
             high.append(s["max"] - s["median"])
-            farm = cname.startswith("farm") or row["label"].startswith("farm")
+            farm = cname.startswith("farm") or "farm" in row["label"]
             colors.append("#2b6cb0" if farm else "#a0aec0")
         ax.bar(range(len(names)), med, yerr=[low, high], color=colors, capsize=3)
         if len(names) > 8:  # many rows (the scale scenario): labels on their side
@@ -72,6 +75,8 @@ def draw(results: dict, path: Path) -> Path | None:
         ax.tick_params(axis="y", labelsize=8)
         if target is not None:
             ax.axhline(target, color="#c53030", linestyle="--", linewidth=1)
+        if name in LOG:
+            ax.set_yscale("log")
     m = results["machine"]
     fig.suptitle(f"ibfarm benchmark, {m['cpus']} CPUs, {results['gateway']['kind']} gateway "
                  f"({results['started'][:10]}); median, min–max over "

@@ -16,7 +16,12 @@ an Arrow table or ib_insync's bar list, without building DataFrames)::
   with ``asyncio.gather``, ``util.df`` for the frames;
 * ``ThreadPoolContender``: the redesign plan's thread-per-connection pool
   (``baselines/thread_pool.py``);
-* ``PerRequestContender``: the old way, a new connection for every request (a few at once).
+* ``PerRequestContender``: the old way, a new connection for every request (a few at once);
+* ``SerialContender``: the original redesign plan's one connection, one request at a time;
+* ``DataManagerContender``: ktrdr's ``DataManager.backfill`` through ``IbDataAdapter`` over
+  an ``IbFarm`` with the farm's defaults, as a user's backfill runs (``backfill``).
+
+The last two are not in ``make_contenders``: the latency-model backfill builds them.
 
 The baselines wait for the same pacing rules as the farm (a ``SharedPacer`` of their own,
 dating each grant by the send, with ib_insync's own throttle off as in the farm's workers) and
@@ -447,6 +452,18 @@ class GatherContender(_LoopContender):
         self._close_pacer()
 
 
+class SerialContender(GatherContender):
+    """The original redesign plan: one connection, one request at a time (each awaited before
+    the next is sent), paced like the others."""
+
+    name = "serial"
+    label = "1 conn, one request at a time"
+
+    @property
+    def in_flight_limit(self) -> int:
+        return 1
+
+
 class ThreadPoolContender(_LoopContender):
     """The plan's pool: ``size`` connections, each on its own thread and event loop."""
 
@@ -565,6 +582,79 @@ class PerRequestContender(_LoopContender):
 
     def stop(self) -> None:
         self._close_pacer()
+
+
+def in_thread(fn: Callable[[], Any]) -> Any:
+    """``fn()`` in a thread of its own (its event loops stay out of the caller's thread)."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bench") as pool:
+        return pool.submit(fn).result()
+
+
+class _Tap:
+    """An ``IbFarm`` as ``IbDataAdapter`` sees it, noting every bar request and its future
+    while ``log`` is a list (everything else is the farm's own)."""
+
+    def __init__(self, farm: IbFarm):
+        self._farm = farm
+        self.log: list[tuple[BarRequest, concurrent.futures.Future]] | None = None
+
+    def historical_bars(self, request: BarRequest):
+        future = self._farm.historical_bars(request)
+        if self.log is not None:
+            self.log.append((request, future))
+        return future
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._farm, name)
+
+
+class DataManagerContender(FarmContender):
+    """ktrdr's ``DataManager.backfill`` through ``IbDataAdapter`` over an ``IbFarm``
+    (``FarmConfig``'s defaults but the address and the rules: 2 workers, the default margin).
+
+    One adapter serves every backfill, so contracts and head timestamps are asked of the
+    gateway once (the first backfill); ``backfill`` into an empty data directory then sends
+    only the bar requests a user's first backfill of the range sends.
+    """
+
+    def __init__(self, client_ids: range, workers: int | None = None):
+        workers = workers or FarmConfig().max_workers
+        super().__init__(workers, client_ids, name="datamanager",
+                         label=f"DataManager.backfill, farm {workers}")
+        self.adapter = None
+        self._tap: _Tap | None = None
+
+    def start(self, host: str, port: int, policy: PacingPolicy,
+              margin: float = DEFAULT_MARGIN) -> None:
+        from ktrdr.data.ib_data_adapter import IbDataAdapter
+
+        super().start(host, port, policy, margin)
+        self._tap = _Tap(self.farm)
+        self.adapter = IbDataAdapter(farm=self._tap, source="sim")
+
+    def backfill(self, data_dir: str, symbols: Sequence[str], timeframe: str, start, end,
+                 record: bool = False) -> tuple[list, list]:
+        """``DataManager(data_dir).backfill(symbols, timeframe, start, end)``: its reports,
+        and (``record``) every bar request the adapter sent with its answer's future.
+
+        It runs in a thread of its own: the blocking twin's ``asyncio.run`` leaves its
+        thread without an event loop, and the in-process baselines keep theirs in this one.
+        """
+        from ktrdr.data.data_manager import DataManager
+
+        def backfill() -> list:
+            with DataManager(data_dir, self.adapter) as manager:
+                return manager.backfill(symbols, timeframe, start, end)
+
+        self._tap.log = [] if record else None
+        try:
+            return in_thread(backfill), list(self._tap.log or [])
+        finally:
+            self._tap.log = None
+
+    def stop(self) -> None:
+        self.adapter = self._tap = None  # the farm is ours, not the adapter's
+        super().stop()
 
 
 def make_contenders(names: list[str] | None = None, id_offset: int = 0) -> list[Contender]:

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 COMMAND_TIMEOUT = 20.0
 
 
-def _serve(conn: Connection, policy: PacingPolicy, now_iso: str | None, latency: float) -> None:
+def _serve(conn: Connection, policy: PacingPolicy, now_iso: str | None, latency: float | str,
+           knobs: dict[str, Any]) -> None:
     """The child: run a ``SimGateway`` and answer commands until told to stop."""
     import psutil
 
@@ -33,7 +34,7 @@ def _serve(conn: Connection, policy: PacingPolicy, now_iso: str | None, latency:
 
     fixed = datetime.fromisoformat(now_iso) if now_iso else None
     gw = SimGateway(port=0, pacing=policy, latency=latency,
-                    now=(lambda: fixed) if fixed else None)
+                    now=(lambda: fixed) if fixed else None, **knobs)
     arrivals = _record_arrivals(gw)
     gw.start()
     me = psutil.Process()
@@ -96,21 +97,24 @@ class SimGatewayProcess:
     Args:
         policy: the pacing rules it enforces (the same object the contenders are given).
         now: a fixed clock for its market (bars are then the same on every run).
-        latency: seconds before each historical answer.
+        latency: seconds before each historical answer, or ``"ib"`` (the simulator's model
+            of IB's answer times, ``ibfarm/sim/latency.py``).
+        knobs: other ``SimGateway`` settings (``latency_scale``, ``hmds_concurrency``, ...).
     """
 
     simulated = True
     host = "127.0.0.1"
 
-    def __init__(self, policy: PacingPolicy, now: datetime | None = None, latency: float = 0.0,
-                 wait: bool = True):
+    def __init__(self, policy: PacingPolicy, now: datetime | None = None,
+                 latency: float | str = 0.0, wait: bool = True,
+                 knobs: dict[str, Any] | None = None):
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self._lock = threading.Lock()
         self._restart_pending = False
         self.process = ctx.Process(target=_serve, name="bench-gateway", daemon=True,
                                    args=(child, policy, now.isoformat() if now else None,
-                                         latency))
+                                         latency, dict(knobs or {})))
         self.port = 0
         self.process.start()
         child.close()

@@ -79,6 +79,12 @@ TARGETS = [
            "two gateways >= 1.9x one gateway's throughput"),
     Target("gateways", "*", "violations", "==", 0, "zero violations at either", "max"),
     Target("gateways", "*", "unanswered", "==", 0, "every request answered", "max"),
+    Target("ib_latency", "*", "unanswered", "==", 0,
+           "latency-model backfill: every request answered", "max"),
+    Target("ib_latency", "*", "violations", "==", 0,
+           "latency-model backfill: zero pacing violations", "max"),
+    Target("store_read", "pyarrow_table", "load_data_speed", ">=", 0.8,
+           "load_data(local) >= 0.8x as fast as pyarrow.dataset"),
 ]
 OPS = {">=": lambda v, g: v >= g, "<=": lambda v, g: v <= g, "<": lambda v, g: v < g,
        "==": lambda v, g: v == g}

@@ -7,6 +7,8 @@ alternation so that both see the same machine:
 
 * ``load_data``: ``DataManager(root).load_data(SYMBOL, "1m", mode="local")``, a pandas frame
   (UTC index; open, high, low, close, volume);
+* ``load_data_async``: the same call's async twin awaited on one event loop that stays up
+  (what the blocking twin costs on top: a new event loop per call);
 * ``pyarrow_table``: ``pyarrow.dataset.dataset(<partition>).to_table()``, every column;
 * ``pyarrow_table_ohlcv``: the same, reading timestamp and open..volume only (what
   ``load_data`` reads);
@@ -22,6 +24,7 @@ Each ``ratio_*`` is the baseline's median time over ``load_data``'s: 1.0 means a
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import tempfile
@@ -37,6 +40,9 @@ SYMBOL = "AAPL"
 TIMEFRAME = "1m"
 YEARS = (2014, 2024)  # [first, last): ten years
 OHLCV = ["open", "high", "low", "close", "volume"]
+#: The readers ``measure`` times, in its order.
+READERS = ("load_data", "load_data_async", "pyarrow_table", "pyarrow_table_ohlcv",
+           "pyarrow_pandas")
 
 
 def ten_years_of_minutes(seed: int = 7) -> pd.DataFrame:
@@ -81,9 +87,13 @@ def measure(root: str, repeats: int = 15) -> dict:
     files = ensure_dataset(root)
     partition = str(Path(files[0]).parent)
     manager = DataManager(root, provider=None)
+    loop = asyncio.new_event_loop()
 
     def load_data():
         return manager.load_data(SYMBOL, TIMEFRAME, mode="local")
+
+    def load_data_async():
+        return loop.run_until_complete(manager.load_data_async(SYMBOL, TIMEFRAME, mode="local"))
 
     def pyarrow_table():
         return ds.dataset(partition, format="parquet").to_table()
@@ -95,24 +105,28 @@ def measure(root: str, repeats: int = 15) -> dict:
         table = ds.dataset(partition, format="parquet").to_table(columns=["timestamp", *OHLCV])
         return table.to_pandas().set_index("timestamp")
 
-    readers = {"load_data": load_data, "pyarrow_table": pyarrow_table,
-               "pyarrow_table_ohlcv": pyarrow_table_ohlcv, "pyarrow_pandas": pyarrow_pandas}
-    rows = len(load_data())
-    for read in readers.values():  # warm the page cache and the imports
-        read()
+    readers = {"load_data": load_data, "load_data_async": load_data_async,
+               "pyarrow_table": pyarrow_table, "pyarrow_table_ohlcv": pyarrow_table_ohlcv,
+               "pyarrow_pandas": pyarrow_pandas}
     times: dict[str, list[float]] = {name: [] for name in readers}
-    for _ in range(max(1, repeats)):
-        for name, read in readers.items():
-            began = time.perf_counter()
+    try:
+        rows = len(load_data())
+        for read in readers.values():  # warm the page cache and the imports
             read()
-            times[name].append(time.perf_counter() - began)
-    manager.close()
+        for _ in range(max(1, repeats)):
+            for name, read in readers.items():
+                began = time.perf_counter()
+                read()
+                times[name].append(time.perf_counter() - began)
+    finally:
+        loop.close()
+        manager.close()
     median = {name: statistics.median(values) for name, values in times.items()}
     out: dict = {"rows": rows, "files": len(files),
                  "bytes": sum(Path(f).stat().st_size for f in files), "repeats": repeats}
     out.update({f"{name}_s": round(value, 5) for name, value in median.items()})
     out.update({f"best_{name}_s": round(min(times[name]), 5) for name in readers})
-    for name in ("pyarrow_table", "pyarrow_table_ohlcv", "pyarrow_pandas"):
+    for name in READERS[1:]:
         out[f"ratio_{name}"] = round(median[name] / median["load_data"], 3)
     return out
 
@@ -133,7 +147,7 @@ def main() -> None:
         return
     print(f"{result['rows']:,} one-minute bars in {result['files']} files "
           f"({result['bytes'] / 1e6:.1f} MB), median of {result['repeats']}")
-    for name in ("load_data", "pyarrow_table", "pyarrow_table_ohlcv", "pyarrow_pandas"):
+    for name in READERS:
         ratio = result.get(f"ratio_{name}")
         print(f"  {name:<20} {result[name + '_s'] * 1000:8.1f} ms"
               + (f"   ratio {ratio:.2f}" if ratio is not None else ""))

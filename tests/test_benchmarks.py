@@ -9,9 +9,9 @@ from dataclasses import replace
 
 import pytest
 
-from benchmarks import chart
+from benchmarks import chart, store_read
 from benchmarks.__main__ import main, parse_args
-from benchmarks.bounds import ib_bound
+from benchmarks.bounds import answer_bound, ib_bound, in_order_s
 from benchmarks.contenders import make_contenders
 from benchmarks.gateway import SimGatewayProcess
 from benchmarks.harness import Lineup, run_scenario
@@ -71,8 +71,9 @@ def test_scale_and_gateways_smallest_run(tmp_path, capsys):
                  if name.startswith("farm-")}
     assert all(r["farm_timed_out"] == r["farm_failed"] == 0 for r in farm_rows.values())
     # under IB's own windows (1 s, the pacer's 0.05 s margin) the gateway refuses nothing; at
-    # ten times the message rate one connection's sends can bunch past a 10 ms margin (the
-    # farm resends, and the benchmark reports it), so only the unscaled size is held to zero
+    # ten times the message rate the 20 ms margin is a few scheduler slices of a machine busy
+    # with a test suite (the farm resends a refused request, and the benchmark reports it),
+    # so only the unscaled size is held to zero here
     unscaled = [t["requests"] for t in saved["sizes"]["scale_tiers"] if t["pacing_scale"] == 1]
     assert unscaled and all(farm_rows[f"farm-1@{n}"]["violations"] == 0 for n in unscaled)
     assert {b["binding"] for b in scale["params"]["bounds"].values()} >= {"message rate"}
@@ -94,6 +95,52 @@ def test_scale_and_gateways_smallest_run(tmp_path, capsys):
     assert {("gateways", "vs_one"), ("scale", "unanswered")} <= checked
     printed = capsys.readouterr().out
     assert "Scale" in printed and "Two gateways" in printed
+
+
+@pytest.mark.timeout(240)
+def test_latency_model_backfill_and_store_read_smallest_run(tmp_path, capsys):
+    main(["--quick", "--scenarios", "ib_latency,store_read", "--contenders", "farm-1,gather",
+          "--repeats", "1", "--out", str(tmp_path), "--no-chart"])
+    saved = json.loads((tmp_path / "latest.json").read_text())
+    for name in ("ib_latency", "store_read"):
+        assert "error" not in saved["scenarios"][name], saved["scenarios"][name]["error"]
+
+    latency = saved["scenarios"]["ib_latency"]
+    bound = latency["params"]["bound"]
+    n = bound["requests"]
+    # DataManager's own backfill, the farm and one connection (gather, and one at a time)
+    assert set(latency["contenders"]) == {"datamanager", "farm-1", "gather", "serial"}
+    runs = {name: row["runs"][0] for name, row in latency["contenders"].items()}
+    for name, run in runs.items():
+        assert "error" not in run, (name, run)
+        assert run["requests"] == run["answered"] == n > 0, (name, run)
+        assert run["unanswered"] == run["violations"] == 0, (name, run)
+        # each sent exactly the backfill's requests, none twice
+        assert run["gateway_requests"] == n, (name, run)
+        # a lower bound: the gateway waits the model's time before every answer
+        assert run["wall_s"] >= run["bound_s"] == bound["total_s"] > 0, (name, run)
+        assert run["vs_serial"] > 0
+    assert len({run["bars"] for run in runs.values()}) == 1 and runs["serial"]["bars"] > 0
+    assert runs["datamanager"]["gaps_left"] == 0 and runs["datamanager"]["files"] > 0
+    # one at a time: at least the sum of the model's answer times
+    assert runs["serial"]["wall_s"] >= bound["answers_s"]
+    assert bound["total_s"] == max(bound["message_s"], bound["open_s"], bound["longest_s"],
+                                   bound["small_bar_s"])
+    assert bound["in_order_s"] >= bound["total_s"]
+    assert any("answer_bound" in note and "max(" in note for note in latency["notes"])
+
+    reads = saved["scenarios"]["store_read"]["contenders"]
+    assert list(reads) == list(store_read.READERS)
+    for name, row in reads.items():
+        run = row["runs"][0]
+        assert run["median_ms"] > 0 and run["best_ms"] <= run["median_ms"], (name, run)
+        assert run["rows"] == reads["load_data"]["runs"][0]["rows"] > 1_000_000
+    assert reads["load_data"]["runs"][0]["load_data_speed"] == 1.0
+    checked = {(c["scenario"], c["metric"]) for c in saved["checks"]}
+    assert {("ib_latency", "unanswered"), ("ib_latency", "violations"),
+            ("store_read", "load_data_speed")} <= checked
+    printed = capsys.readouterr().out
+    assert "IB's answer-time model" in printed and "Store read" in printed
 
 
 def test_scale_skips_a_contender_beyond_its_size_and_says_why():
@@ -142,6 +189,28 @@ def test_bound_follows_each_rule():
     bid_ask = [replace(r, what_to_show="BID_ASK") for r in seconds[:60]]
     assert ib_bound(bid_ask, scaled, 0.0).small_bar_s == pytest.approx(scaled.window)
     assert ib_bound([], ib, 0.3).total_s == 0.0
+
+
+def test_answer_bound_takes_the_largest_term():
+    ib = PacingPolicy()
+    hourly = weekly(120, SIM_NOW, "1 hour", "1 W", use_rth=True)
+    # short answers: the message rate (two full seconds of sending) and the shortest answer
+    quick = answer_bound(hourly, ib, [0.05] * 119 + [0.01])
+    assert quick.message_s == pytest.approx(2.01) and quick.binding == "message rate"
+    assert quick.total_s == pytest.approx(2.01)
+    # long answers: 50 open at a time, so the sum over 50
+    slow = answer_bound(hourly, ib, [2.0] * 120)
+    assert slow.open_s == pytest.approx(120 * 2.0 / 50) and slow.binding == "open requests"
+    # one answer longer than everything else together
+    one = answer_bound(hourly[:3], ib, [0.1, 0.1, 9.0])
+    assert one.total_s == 9.0 and one.binding == "longest answer"
+    with pytest.raises(ValueError):
+        answer_bound(hourly, ib, [1.0])
+    # a client that loses no time: 50 at once, each slot refilled as its answer comes
+    assert in_order_s([2.0] * 120, ib) == pytest.approx(6.0)  # rounds at 0, 2 and 4 s
+    assert in_order_s([0.01] * 120, ib) == pytest.approx(2.01)  # bursts at 0, 1 and 2 s
+    uneven = [1.0, 0.2] * 60
+    assert in_order_s(uneven, ib) >= answer_bound(hourly, ib, uneven).total_s
 
 
 def test_real_gateway_needs_confirmation():

@@ -12,16 +12,18 @@ from benchmarks.scenarios.backfill import Backfill
 from benchmarks.scenarios.base import SIM_NOW, Context, Metric, Row, ScaleTier, Scenario, Sizes
 from benchmarks.scenarios.capacity import GatewayCapacity
 from benchmarks.scenarios.gateways import TwoGateways
+from benchmarks.scenarios.ib_latency import IbLatencyBackfill
 from benchmarks.scenarios.latency import TinyLatency
 from benchmarks.scenarios.pacing import PacingBound
 from benchmarks.scenarios.recovery import Recovery
 from benchmarks.scenarios.scale import Scale
 from benchmarks.scenarios.startup import StartupMemory
+from benchmarks.scenarios.store_read import StoreRead
 from benchmarks.scenarios.throughput import LargeResponses, SmallRequests
 
 SCENARIOS: dict[str, type[Scenario]] = {cls.name: cls for cls in (
     LargeResponses, SmallRequests, PacingBound, TinyLatency, StartupMemory, Recovery,
-    GatewayCapacity, Backfill, Scale, TwoGateways)}
+    GatewayCapacity, Backfill, Scale, TwoGateways, IbLatencyBackfill, StoreRead)}
 SCENARIO_NAMES = list(SCENARIOS)
 DEFAULT_SCENARIOS = [name for name, cls in SCENARIOS.items() if not cls.optional]
 

@@ -77,23 +77,31 @@ class Sizes:
     restart_down: float = 0.5
     capacity_requests: int = 48  # the gateway-capacity scenario, per pass
     backfill_jobs: int = 20  # symbol jobs in the backfill scenario (at most 20)
+    # margins: the farm's default under IB's own windows; under windows / 10, 0.02 s: twice
+    # the smallest margin that kept the gateway's count clean on the 2-core machine with four
+    # CPU-bound processes beside the run (0.005 s did not; see the README's Performance)
     scale_tiers: tuple[ScaleTier, ...] = (
         ScaleTier(250, pacing_scale=1.0, latency=0.3, margin=0.05),
-        ScaleTier(2_500, pacing_scale=10.0, latency=0.2, margin=0.01),
-        ScaleTier(20_000, pacing_scale=10.0, latency=0.02, margin=0.01),
+        ScaleTier(2_500, pacing_scale=10.0, latency=0.2, margin=0.02),
+        ScaleTier(20_000, pacing_scale=10.0, latency=0.02, margin=0.02),
     )
     gateways_scale: float = 200.0  # IB's windows divided by this in the gateways scenario
     gateways_windows: int = 2  # windows after the first burst there
     gateways_workers: int = 2  # farm workers per gateway there
+    ib_latency_symbols: int = 4  # the latency-model backfill: symbols of 1-minute bars
+    ib_latency_weeks: int = 50  # ... over the last this many weeks (a request a week)
+    ib_latency_scale: float = 5.0  # ... IB's answer times divided by this
+    store_read_reads: int = 15  # reads of each reader per repeat in the store-read scenario
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(large_requests=8, small_requests=60, pacing_scale=300.0, pacing_windows=1,
                    pacing_margin=0.01, tiny_rounds=60, recovery_requests=16,
                    capacity_requests=16, backfill_jobs=6,
-                   scale_tiers=(ScaleTier(100, 1.0, 0.1, 0.05), ScaleTier(500, 10.0, 0.1, 0.01),
-                                ScaleTier(1_000, 10.0, 0.02, 0.01)),
-                   gateways_scale=300.0, gateways_windows=1)
+                   scale_tiers=(ScaleTier(100, 1.0, 0.1, 0.05), ScaleTier(500, 10.0, 0.1, 0.02),
+                                ScaleTier(1_000, 10.0, 0.02, 0.02)),
+                   gateways_scale=300.0, gateways_windows=1, ib_latency_symbols=2,
+                   ib_latency_weeks=3, ib_latency_scale=40.0, store_read_reads=3)
 
 
 @dataclass
@@ -261,12 +269,15 @@ class Rig:
     Args:
         policy: the rules the gateway enforces and the contenders' pacers follow.
         now: the gateway's clock.
-        latency: seconds before each historical answer (changeable with ``gateway.set``).
+        latency: seconds before each historical answer, or ``"ib"`` (changeable with
+            ``gateway.set``).
+        knobs: other settings of the simulated gateway (``latency_scale``, ...).
     """
 
-    def __init__(self, policy: PacingPolicy, now: datetime, latency: Any = 0.0):
+    def __init__(self, policy: PacingPolicy, now: datetime, latency: Any = 0.0,
+                 knobs: dict[str, Any] | None = None):
         self.policy = policy
-        self.gateway = SimGatewayProcess(policy, now, latency=latency, wait=False)
+        self.gateway = SimGatewayProcess(policy, now, latency=latency, wait=False, knobs=knobs)
         self.contenders: list[Contender] = []
         self.last_used = 0.0
 

@@ -118,7 +118,10 @@ class Scale(Scenario):
             "nothing is converted to pandas: a contender's answer is its own (an Arrow table, "
             "ib_insync's bar list); the baselines keep at most 50 requests at their pacer",
             "one simulated gateway per pacing scale; on it the contenders run one after "
-            "another, each warmed (every connection up) and then a message window apart"]
+            "another, each warmed (every connection up) and then a message window apart",
+            "margins: the farm's default (0.05 s) under IB's own windows; under scaled ones "
+            "a margin that holds on a loaded machine but is not half the window (the default "
+            "0.05 s on a 0.1 s window alone makes wall/bound 1.5)"]
         return notes
 
     def rows(self, contenders: list[Contender]) -> list[Row]:
