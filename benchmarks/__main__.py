@@ -25,7 +25,6 @@ from pathlib import Path
 
 from benchmarks import chart, harness
 from benchmarks.contenders import CONTENDER_NAMES, make_contenders
-from benchmarks.gateway import RealGateway, SimGatewayProcess
 from benchmarks.scenarios import (
     DEFAULT_SCENARIOS,
     SCENARIO_NAMES,
@@ -34,6 +33,7 @@ from benchmarks.scenarios import (
     Context,
     Sizes,
 )
+from benchmarks.target import RealGateway, SimGatewayProcess
 from ibfarm.pacing import PacingPolicy
 
 log = logging.getLogger("benchmarks")

@@ -13,11 +13,11 @@ from benchmarks import chart, store_read
 from benchmarks.__main__ import main, parse_args
 from benchmarks.bounds import answer_bound, ib_bound, in_order_s
 from benchmarks.contenders import make_contenders
-from benchmarks.gateway import SimGatewayProcess
 from benchmarks.harness import Lineup, run_scenario
 from benchmarks.scenarios import SIM_NOW, Context, ScaleTier, Sizes
 from benchmarks.scenarios.base import minutely, weekly
 from benchmarks.scenarios.scale import Scale
+from benchmarks.target import SimGatewayProcess
 from ibfarm.pacing import PacingPolicy
 
 

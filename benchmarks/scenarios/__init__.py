@@ -11,7 +11,6 @@ from __future__ import annotations
 from benchmarks.scenarios.backfill import Backfill
 from benchmarks.scenarios.base import SIM_NOW, Context, Metric, Row, ScaleTier, Scenario, Sizes
 from benchmarks.scenarios.capacity import GatewayCapacity
-from benchmarks.scenarios.gateways import TwoGateways
 from benchmarks.scenarios.ib_latency import IbLatencyBackfill
 from benchmarks.scenarios.latency import TinyLatency
 from benchmarks.scenarios.pacing import PacingBound
@@ -20,6 +19,7 @@ from benchmarks.scenarios.scale import Scale
 from benchmarks.scenarios.startup import StartupMemory
 from benchmarks.scenarios.store_read import StoreRead
 from benchmarks.scenarios.throughput import LargeResponses, SmallRequests
+from benchmarks.scenarios.two_gateways import TwoGateways
 
 SCENARIOS: dict[str, type[Scenario]] = {cls.name: cls for cls in (
     LargeResponses, SmallRequests, PacingBound, TinyLatency, StartupMemory, Recovery,

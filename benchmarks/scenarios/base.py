@@ -26,7 +26,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
 
 from benchmarks.contenders import DEFAULT_MARGIN, Contender, make_contenders
-from benchmarks.gateway import SimGatewayProcess
+from benchmarks.target import SimGatewayProcess
 from ibfarm import BarRequest
 from ibfarm.pacing import PacingPolicy
 

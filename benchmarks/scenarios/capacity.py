@@ -1,4 +1,4 @@
-"""The simulated gateway alone (``bench_gateway``): bars it serves per second and per CPU
+"""The simulated gateway alone (``sim_capacity``): bars it serves per second and per CPU
 second, to readers that only count bytes; cold (bars built) and warm (cached) passes."""
 
 from __future__ import annotations
@@ -45,11 +45,11 @@ class GatewayCapacity(Scenario):
         self.gw = SimGateway(port=0, now=lambda: SIM_NOW, pacing="off").start()
 
     def run(self, contenders: list[Contender]) -> dict[str, dict]:
-        from benchmarks import bench_gateway
+        from benchmarks import sim_capacity
 
         p = self.p
-        cold = bench_gateway.run_pass(self.gw, p.readers, p.requests, weeks_back=self.weeks_back)
-        warm = bench_gateway.run_pass(self.gw, p.readers, p.requests, weeks_back=self.weeks_back)
+        cold = sim_capacity.run_pass(self.gw, p.readers, p.requests, weeks_back=self.weeks_back)
+        warm = sim_capacity.run_pass(self.gw, p.readers, p.requests, weeks_back=self.weeks_back)
         self.weeks_back += 10  # new weeks: the next repeat's first pass builds them
         return {name: {"bars_per_s": r["bars_per_s"], "bars_per_cpu_s": r["bars_per_cpu_s"],
                        "gateway_cpu_s": r["gateway_cpu_s"], "bars": r["bars_sent"]}

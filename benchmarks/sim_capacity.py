@@ -6,7 +6,7 @@ bytes, so the client side never limits the figure. Reported: bars/s on the wall 
 gateway thread's CPU seconds, and bars per CPU second, for a cold pass (bars generated and
 encoded) and warm passes (answers from the encoded cache).
 
-    python -m benchmarks.bench_gateway [--readers 2] [--requests 40]
+    python -m benchmarks.sim_capacity [--readers 2] [--requests 40]
     python -m benchmarks --scenarios gateway        # the same passes, in the harness
 """
 
