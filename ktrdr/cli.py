@@ -45,7 +45,7 @@ from ktrdr.cli_progress import ProgressView, saved_line
 from ktrdr.data.data_manager import BACKFILL_DEFAULT, MODES, TAIL_DEFAULT
 from ktrdr.data.symbols import normalize_symbol
 from ktrdr.data.timeframes import TIMEFRAMES
-from ktrdr.sim import clikit, dates
+from ktrdr.sim import clikit, dates, parse_sim_latency
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -131,7 +131,7 @@ def _check_store(data_dir: str | None, sim: bool, writable: bool = True) -> None
 
 
 @contextlib.contextmanager
-def _manager(data_dir: str | None, gateway: Any, latency: float = 0.0,
+def _manager(data_dir: str | None, gateway: Any, latency: dict[str, Any] | None = None,
              workers: int | None = None, fetch: bool = True
              ) -> Iterator[tuple[Any, Any, Any]]:
     """``(DataManager, its IbDataAdapter, the embedded simulator or None)`` on the gateway
@@ -149,7 +149,7 @@ def _manager(data_dir: str | None, gateway: Any, latency: float = 0.0,
             # never connected (nothing is fetched): it only names the dataset to read
             adapter = IbDataAdapter(source="sim" if gateway.sim else "ib")
         elif gateway.sim:
-            embedded = EmbeddedSim(latency=latency, max_workers=workers or 4).start()
+            embedded = EmbeddedSim(max_workers=workers or 4, **(latency or {})).start()
             adapter = embedded.provider()
             err_console.print(f"[dim]simulated IB Gateway on 127.0.0.1:{embedded.gateway.port}"
                               f"[/dim]")
@@ -458,8 +458,11 @@ def backfill(
     instrument_type: InstrumentType = None,
     data_dir: DataDir = None,
     host: Host = None, port: Port = None, sim: Sim = False,
-    latency: Annotated[float, typer.Option(
-        "--sim-latency", min=0, help="Simulated gateway's answer latency (s).")] = 0.0,
+    latency: Annotated[str, typer.Option(
+        "--sim-latency", metavar="S|ib|ib/F",
+        help="With --sim: the simulated gateway's answer time: seconds, 'ib' (the model of "
+             "IB's answer times, which grow with the bars asked) or 'ib/F' (it divided by F)."
+    )] = "0",
     workers: Annotated[int | None, typer.Option(
         "--workers", min=1, help="Farm worker processes.",
         show_default="IBFARM_MAX_WORKERS or 2; 4 with --sim")] = None,
@@ -473,11 +476,12 @@ def backfill(
         tf = _timeframe(timeframe)
         kind = _instrument_type(instrument_type)
         gateway = _gateway(host, port, sim)
-    except ValueError as exc:  # dates, timeframe, mode, type, address: nothing was done
+        answers = parse_sim_latency(latency)
+    except ValueError as exc:  # dates, timeframe, type, address, latency: nothing was done
         raise _say(str(exc), 2) from None
     try:
         with clikit.StopOnSignal() as guard, \
-                _manager(data_dir, gateway, latency, workers) as (manager, adapter, _):
+                _manager(data_dir, gateway, answers, workers) as (manager, adapter, _):
             view = ProgressView(err_console, tf)
             run = backfill_run(manager, symbols, tf, start_at, end_at, kind, view)
             try:

@@ -25,6 +25,30 @@ def sim_requested(flag: bool = False) -> bool:
     return flag or os.environ.get("IB_GATEWAY", "").strip().lower() == "sim"
 
 
+LATENCY_FORMS = "seconds (0.3), 'ib' (the model of IB's answer times) or 'ib/F' (it divided by F)"
+
+
+def parse_sim_latency(text: str) -> dict[str, Any]:
+    """``--sim-latency``'s text as ``SimGateway`` settings: ``"0.3"`` is 0.3 s before every
+    answer; ``"ib"`` the model of IB's answer times; ``"ib/10"`` that model ten times faster.
+    Anything else is a ``ValueError`` naming the forms."""
+    value = text.strip().lower()
+    try:
+        if value == "ib":
+            return {"latency": "ib"}
+        if value.startswith("ib/"):
+            scale = float(value[3:])
+            if scale > 0:
+                return {"latency": "ib", "latency_scale": scale}
+        else:
+            seconds = float(value)
+            if seconds >= 0:
+                return {"latency": seconds}
+    except ValueError:
+        pass
+    raise ValueError(f"--sim-latency {text!r}: give {LATENCY_FORMS}")
+
+
 class EmbeddedSim:
     """A simulated gateway in this process plus the adapter (and farm) that talks to it.
 

@@ -144,6 +144,8 @@ FORMS = "20240102 16:00:00 US/Eastern"  # one of the accepted forms every date e
     (["data", "backfill", "AAPL", "-t", "2h"], "unsupported timeframe"),
     (["data", "load", "AAPL", "1h", "--type", "bond"], "--type 'bond'"),
     (["data", "backfill", "AAPL", "--sim", "--host", "10.0.0.1"], "drop one of them"),
+    (["data", "backfill", "AAPL", "--sim", "--sim-latency", "fast"], "--sim-latency 'fast'"),
+    (["data", "backfill", "AAPL", "--sim", "--sim-latency", "ib/0"], "'ib/F' (it divided"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, text):
     result = runner.invoke(app, [*args, "--data-dir", str(tmp_path)])
@@ -229,7 +231,7 @@ def test_help_for_everything_with_defaults():
 def test_backfill_progress_lines_when_not_a_terminal(tmp_path):
     result = runner.invoke(app, ["data", "backfill", "AAPL", "EUR.USD", "-t", "1d", "--start",
                                  "2020-01-01", "--end", "2024-01-01", "--sim", "--data-dir",
-                                 str(tmp_path)])
+                                 str(tmp_path), "--sim-latency", "ib/50"])
     assert result.exit_code == 0, result.output
     for symbol in ("AAPL", "EUR.USD"):
         assert f"{symbol} 1d: 4 requests to make" in result.output
