@@ -72,6 +72,7 @@ class ProgressView:
         self._symbols: dict[str, _Symbol] = {}
         self._lock = threading.Lock()
         self._progress: Progress | None = None
+        self._stopped = False
         if self.live:
             self._progress = Progress(
                 TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
@@ -88,7 +89,11 @@ class ProgressView:
         self.stop()
 
     def stop(self) -> None:
-        """Stop drawing (idempotent); the bars stay on screen as they were."""
+        """Stop drawing (idempotent); the bars stay on screen as they were. Later events
+        (a run winding down after Ctrl-C) still count their bars for ``saved`` but show
+        nothing, and their errors are the interruption's, not failures."""
+        with self._lock:
+            self._stopped = True
         if self._progress is not None:
             self._progress.stop()
 
@@ -101,10 +106,12 @@ class ProgressView:
                 entry = self._symbols[event.symbol] = _Symbol(event.symbol, began=now)
             entry.done = int(event.requests_done)
             entry.total = int(event.requests_total or 0)
-            if getattr(event, "error", None):
-                entry.errors += 1
-            else:
+            if not getattr(event, "error", None):
                 entry.rows += int(getattr(event, "rows", 0) or 0)
+            elif not self._stopped:
+                entry.errors += 1
+            if self._stopped:
+                return
             if self._progress is not None:
                 self._draw(entry, first)
             else:

@@ -277,6 +277,21 @@ def test_live_bars_with_log_records_above_them():
         "interrupted (SIGTERM): nothing was saved yet")
 
 
+def test_events_after_the_view_stops_count_bars_and_print_nothing():
+    """A run winding down after Ctrl-C: what still lands counts for the saved line, nothing is
+    printed after the bars stopped, and the cancelled requests' errors are not failures."""
+    buffer = io.StringIO()
+    view = ProgressView(Console(file=buffer, width=120), "1h", live=False)
+    with view:
+        view(ProgressEvent("AAPL", 0, 10))
+        view(ProgressEvent("AAPL", 3, 10, rows=300, error=None))
+    shown = buffer.getvalue()
+    view(ProgressEvent("AAPL", 4, 10, rows=100))
+    view(ProgressEvent("AAPL", 5, 10, error="cancelled"))
+    assert buffer.getvalue() == shown and "failed" not in shown
+    assert view.saved() == {"AAPL": 400}
+
+
 def test_api_refuses_an_open_address_without_a_token():
     result = runner.invoke(app, ["api", "--host", "0.0.0.0"], env={"KTRDR_API_TOKEN": ""})
     assert result.exit_code == 2
