@@ -101,10 +101,33 @@ def interrupt(command: list[str], ready, signum: int = signal.SIGINT, env=None,
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate(timeout=10)
-    _, alive = psutil.wait_procs(family, timeout=15)
+    alive = wait_gone(family, 15)
     for child in alive:
         child.kill()
     return Stopped(proc.returncode, out, err, seconds, alive)
+
+
+def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait up to ``timeout`` s for ``procs`` to exit; those still running then."""
+    deadline = time.monotonic() + timeout
+    alive = living(procs)
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.02)
+        alive = living(alive)
+    return alive
+
+
+def living(procs: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``procs`` still running. A zombie has exited: only its parent (here often
+    init, which reaps when it gets to it) has yet to collect its status."""
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.Error:
+            continue
+    return out
 
 
 def pacer_segment(port: int, host: str = "127.0.0.1") -> Path:

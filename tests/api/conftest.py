@@ -21,6 +21,7 @@ import psutil
 import pytest
 
 from ibfarm.sim import SimGateway
+from tests.cli_helpers import living
 from tests.conftest import gateways
 from tests.conftest import wait_until as poll_until
 
@@ -83,6 +84,8 @@ class ApiServer:
         return self.log_path.read_text(errors="replace")
 
     def session_processes(self) -> list[psutil.Process]:
+        """The server's session still running (zombies waiting for init to reap them have
+        exited and are left out)."""
         out = []
         for proc in psutil.process_iter(["pid"]):
             try:
@@ -90,7 +93,7 @@ class ApiServer:
                     out.append(proc)
             except (ProcessLookupError, PermissionError, psutil.Error):
                 continue
-        return out
+        return living(out)
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM the server, wait for a clean exit, then kill what is left of its session."""

@@ -33,6 +33,7 @@ from tests.cli_helpers import (
     pacer_segment,
     restore_logging,  # noqa: F401 (a fixture)
     run,
+    wait_gone,
 )
 from tests.farm.test_cli_fetch import parameters_without_help
 
@@ -114,7 +115,7 @@ def test_backfill_killed_mid_way_then_rerun(tmp_path, sim, provider):
             proc.kill()
             proc.wait(10)
         proc.stderr.close()
-        _, alive = psutil.wait_procs(family, timeout=15)  # workers notice their parent died
+        alive = wait_gone(family, 15)  # workers notice their parent died
         for child in alive:
             child.kill()
     assert not alive, f"left behind: {alive}"
