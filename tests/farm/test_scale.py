@@ -15,6 +15,7 @@ import pytest
 from ibfarm import BarRequest, IbFarm
 from ibfarm.errors import InvalidRequestError, RequestTimeoutError
 from ibfarm.pacing import PacingPolicy
+from tests.cli_helpers import pacer_segment
 from tests.conftest import NOW
 from tests.farm import fns
 from tests.farm.conftest import WAIT, wait_until, worker_processes
@@ -211,11 +212,11 @@ def test_shutdown_leaves_no_descriptor_thread_or_segment_even_while_referenced(s
         warm.submit(fns.server_time).result(WAIT)
     gc.collect()
     fds, threads = _open_fds(), set(threading.enumerate())
-    shm = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    segment = pacer_segment(sim.port)  # the farm's shared pacer (other tests' are not ours)
     farm = IbFarm(port=sim.port, max_workers=3)
     futures = [farm.historical_bars(r) for r in hourly(30)]
     assert all(f.result(WAIT).num_rows for f in futures)
-    assert len(farm.status()["workers"]) >= 2
+    assert len(farm.status()["workers"]) >= 2 and segment.exists()
     farm.shutdown(wait=True)
     wait_until(lambda: not worker_processes(), what="workers to exit")
     wait_until(lambda: sim.stats()["connections_open"] == 0,  # the sim's own sockets
@@ -223,8 +224,7 @@ def test_shutdown_leaves_no_descriptor_thread_or_segment_even_while_referenced(s
     leaked = _open_fds() - fds
     assert not leaked, {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in leaked}
     assert {t for t in threading.enumerate() if t.name.startswith("ibfarm")} <= threads
-    if shm:
-        assert set(os.listdir("/dev/shm")) <= shm
+    assert not segment.exists() and not segment.with_name(segment.name + ".lock").exists()
     assert farm.status()["farm"]["shutdown"]  # the object lives on; its resources do not
 
 
