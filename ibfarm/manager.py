@@ -77,6 +77,7 @@ from ibfarm.errors import (
     WorkerCrashedError,
 )
 from ibfarm.messages import (
+    SIGNALLED,
     Call,
     Cancel,
     ClientIdRefused,
@@ -102,6 +103,8 @@ log = logging.getLogger(__name__)
 TIMEOUT_GRACE = 2.0
 #: Seconds a worker gets to exit on its own at shutdown before it is killed.
 EXIT_GRACE = 5.0
+#: Seconds the manager waits for a worker whose exit status the forkserver took with it.
+WORKER_GONE_WAIT = 1.0
 #: How long a client id refused with 326 is left alone.
 ID_IN_USE_COOLDOWN = 60.0
 #: A request the gateway closed the connection on this many times (right after it was sent,
@@ -264,6 +267,7 @@ class WorkerHandle:
     state: WorkerState = WorkerState.STARTING
     detail: str = ""
     retiring: bool = False
+    signalled: bool = False  # it said it leaves on SIGTERM
     in_flight: dict[int, WorkItem] = field(default_factory=dict)
     served: int = 0
     errors: int = 0
@@ -371,15 +375,34 @@ class Lane:
         self.waiters.clear()
 
 
+#: The exit status ``multiprocessing`` reports for a forkserver child when the forkserver
+#: itself is gone (it relays its children's statuses): the real status is lost.
+STATUS_LOST = 255
+
+
 def describe_exit(exitcode: int | None) -> str:
     if exitcode is None:
         return "vanished"
+    if exitcode == STATUS_LOST:
+        return "ended (exit status unknown: the forkserver is gone, as after a group SIGTERM)"
     if exitcode < 0:
         try:
             return f"was killed by {signal.Signals(-exitcode).name}"
         except ValueError:
             return f"was killed by signal {-exitcode}"
     return f"exited with code {exitcode}"
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    """Wait up to ``timeout`` s for process ``pid`` to exit (a zombie has)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.Error:  # gone (or not ours to look at)
+            return
+        time.sleep(0.01)
 
 
 def _resolve(future: FarmFuture, value: Any = None, error: BaseException | None = None) -> None:
@@ -935,6 +958,8 @@ class Manager:
         with self.lock:
             previous, handle.state, handle.detail = handle.state, msg.state, msg.detail
             handle.client_id = msg.client_id or handle.client_id
+            if msg.state is WorkerState.RETIRING and msg.detail == SIGNALLED:
+                handle.signalled = handle.retiring = True  # no new work; not a crash
             if handle.retiring:
                 handle.state = WorkerState.RETIRING
             if msg.state is WorkerState.READY:
@@ -1015,6 +1040,11 @@ class Manager:
         self._drain(handle)
         handle.process.join(0.5)
         exitcode = handle.process.exitcode
+        if exitcode == STATUS_LOST:
+            # the forkserver died (a signal to the whole group): the worker itself may still
+            # be in its SIGTERM handler, saying why it leaves; let it finish, then read it
+            _wait_gone(handle.process.pid, WORKER_GONE_WAIT)
+            self._drain(handle)
         now = time.monotonic()
         fails: Fails = []
         with self.lock:
@@ -1022,7 +1052,11 @@ class Manager:
             items = list(handle.in_flight.values())
             handle.in_flight.clear()
             clean = (handle.retiring or self.shutting_down) and exitcode == 0
-            if not clean:
+            if handle.signalled:  # whatever status the forkserver could still report
+                log.info("worker %d (pid %s, client id %d) %s with %d request(s) in flight",
+                         handle.worker_id, handle.process.pid, handle.client_id, SIGNALLED,
+                         len(items))
+            elif not clean:
                 self.totals["crashed"] += 1
                 # during shutdown a worker ended by the same signal as its parent is expected
                 level = logging.INFO if self.shutting_down else logging.WARNING
@@ -1031,6 +1065,10 @@ class Manager:
                         describe_exit(exitcode), len(items))
             for item in items:
                 self._unsend(item)
+                if handle.signalled:  # stopped from outside: not the request's doing
+                    self.totals["retried"] += 1
+                    self._requeue(item, now)
+                    continue
                 item.deaths += 1
                 if item.deaths > self.config.max_retries:
                     error = WorkerCrashedError(0, (

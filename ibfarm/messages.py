@@ -142,6 +142,9 @@ class Idle:
     pass
 
 
+#: ``StateChanged.detail`` of a worker leaving because it received SIGTERM.
+SIGNALLED = "stopped by SIGTERM"
+
 ToWorker = Call | Cancel | UseClientId | Exit
 FromWorker = Result | Interrupted | StateChanged | ConnectFailed | ClientIdRefused | Idle
 

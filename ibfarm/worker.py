@@ -63,6 +63,7 @@ from ibfarm.errors import (
     error_from,
 )
 from ibfarm.messages import (
+    SIGNALLED,
     Call,
     Cancel,
     ClientIdRefused,
@@ -249,7 +250,7 @@ class Worker:
         """Serve until told to exit, idle, or orphaned."""
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signal.SIGTERM, self.stop)
+            loop.add_signal_handler(signal.SIGTERM, self._terminated)
         reader, self._writer = await asyncio.open_connection(sock=self.sock)
         self.ib.errorEvent += self._on_error
         self.ib.disconnectedEvent += self._on_disconnected
@@ -277,6 +278,13 @@ class Worker:
         """Leave ``run`` soon."""
         self._stopping = True
         self._stop.set()
+
+    def _terminated(self) -> None:
+        """SIGTERM (often sent to the whole process group, the manager's process included):
+        say so before leaving, so that the manager does not take the exit for a crash even
+        when the exit status is lost with the forkserver, which the same signal ends."""
+        self._set_state(WorkerState.RETIRING, SIGNALLED)
+        self.stop()
 
     # ----------------------------------------------------------------- the pipe
 

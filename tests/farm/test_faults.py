@@ -4,6 +4,7 @@ taken client ids, idle workers, a dead gateway and a parent killed with SIGKILL.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -68,6 +69,29 @@ def test_sigkill_a_worker_mid_request_every_request_completes(make_gateway, make
     totals = farm.status()["farm"]
     assert totals["crashed"] == 1 and totals["retried"] >= 1 and totals["completed"] == 8
     assert_equal_to_direct(gateway, requests, tables)
+
+
+def test_sigterm_to_workers_is_a_stop_not_a_crash(make_gateway, make_farm, caplog):
+    """SIGTERM (as a process group gets from ``kill -TERM -PGID``, the forkserver included, so
+    a worker's exit status may be lost): the worker says why it leaves, its requests go on
+    elsewhere without counting as deaths (max_retries=0 would fail them otherwise), and
+    nothing is logged as a crash."""
+    gateway = make_gateway(pacing="off", latency=0.4)
+    farm = make_farm(gateway, max_workers=2, max_retries=0)
+    requests = requests_for(8)
+    futures = [farm.historical_bars(r) for r in requests]
+    busy = wait_until(lambda: [w for w in farm.status()["workers"]
+                               if w["in_flight"] and w["state"] == "ready"],
+                      what="a busy worker")
+    with caplog.at_level(logging.INFO, logger="ibfarm.manager"):
+        os.kill(busy[0]["pid"], signal.SIGTERM)
+        tables = [f.result(WAIT) for f in futures]
+    totals = farm.status()["farm"]
+    assert totals["crashed"] == 0 and totals["retried"] >= 1 and totals["completed"] == 8
+    assert_equal_to_direct(gateway, requests, tables)
+    said = [r for r in caplog.records if "stopped by SIGTERM" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.INFO
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_a_request_that_kills_every_worker_fails_naming_the_signal(sim, make_farm):
