@@ -1052,24 +1052,20 @@ class Manager:
             items = list(handle.in_flight.values())
             handle.in_flight.clear()
             clean = (handle.retiring or self.shutting_down) and exitcode == 0
-            if handle.signalled:  # whatever status the forkserver could still report
-                log.info("worker %d (pid %s, client id %d) %s with %d request(s) in flight",
-                         handle.worker_id, handle.process.pid, handle.client_id, SIGNALLED,
-                         len(items))
-            elif not clean:
-                self.totals["crashed"] += 1
+            # a worker stopped by SIGTERM said so, whatever status the forkserver reports
+            if handle.signalled or not clean:
+                if not handle.signalled:
+                    self.totals["crashed"] += 1
                 # during shutdown a worker ended by the same signal as its parent is expected
-                level = logging.INFO if self.shutting_down else logging.WARNING
-                log.log(level, "worker %d (pid %s, client id %d) %s with %d request(s) in "
-                        "flight", handle.worker_id, handle.process.pid, handle.client_id,
-                        describe_exit(exitcode), len(items))
+                quiet = handle.signalled or self.shutting_down
+                log.log(logging.INFO if quiet else logging.WARNING,
+                        "worker %d (pid %s, client id %d) %s with %d request(s) in flight",
+                        handle.worker_id, handle.process.pid, handle.client_id,
+                        SIGNALLED if handle.signalled else describe_exit(exitcode), len(items))
             for item in items:
                 self._unsend(item)
-                if handle.signalled:  # stopped from outside: not the request's doing
-                    self.totals["retried"] += 1
-                    self._requeue(item, now)
-                    continue
-                item.deaths += 1
+                if not handle.signalled:  # stopped from outside is not the request's doing
+                    item.deaths += 1
                 if item.deaths > self.config.max_retries:
                     error = WorkerCrashedError(0, (
                         f"worker {handle.worker_id} (pid {handle.process.pid}, client id "

@@ -15,6 +15,7 @@ from typing import Any
 
 from ibfarm import clikit, dates  # noqa: F401 (re-exported: ktrdr's command line shares them)
 from ibfarm.sim import SimGateway
+from ibfarm.sim.latency import check_latency
 from ktrdr.data.ib_data_adapter import IbDataAdapter
 
 log = logging.getLogger(__name__)
@@ -32,18 +33,13 @@ def parse_sim_latency(text: str) -> dict[str, Any]:
     """``--sim-latency``'s text as ``SimGateway`` settings: ``"0.3"`` is 0.3 s before every
     answer; ``"ib"`` the model of IB's answer times; ``"ib/10"`` that model ten times faster.
     Anything else is a ``ValueError`` naming the forms."""
-    value = text.strip().lower()
+    base, divided, scale = text.strip().partition("/")
     try:
-        if value == "ib":
-            return {"latency": "ib"}
-        if value.startswith("ib/"):
-            scale = float(value[3:])
-            if scale > 0:
-                return {"latency": "ib", "latency_scale": scale}
-        else:
-            seconds = float(value)
-            if seconds >= 0:
-                return {"latency": seconds}
+        latency = check_latency(base)
+        if not divided:
+            return {"latency": latency}
+        if latency == "ib" and float(scale) > 0:
+            return {"latency": "ib", "latency_scale": float(scale)}
     except ValueError:
         pass
     raise ValueError(f"--sim-latency {text!r}: give {LATENCY_FORMS}")
