@@ -154,6 +154,35 @@ def run_farm(port: int, work, data_dir: Path, workers: int, pacing: str) -> dict
             "requests": sum(r.requests for r in reports), "workers": status["spawned"]}
 
 
+def compare(work, latency: float, workers: int, pacing: str, now: datetime = NOW
+            ) -> dict[str, dict]:
+    """Both ways over ``work``, each on a simulated gateway and in a data directory of its
+    own: ``{"sequential": ..., "farm": ...}``, each with its gateway's counts.
+
+    Raises:
+        RuntimeError: the two stored different bars.
+    """
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("sequential", "farm"):
+            with SimGateway(port=0, now=lambda: now, latency=latency, pacing=pacing) as gw:
+                where = Path(tmp) / name
+                if name == "farm":
+                    result = run_farm(gw.port, work, where, workers, pacing)
+                else:
+                    result = run_sequential(gw.port, work, where)
+                stats = gw.stats()
+                result["gateway_requests"] = stats["requests"].get("historical", 0)
+                result["pacing_violations"] = stats["pacing_violations"]
+                result["max_open"] = stats["max_open_requests"]
+                results[name] = result
+    seq, farm = results["sequential"], results["farm"]
+    if seq["rows"] != farm["rows"]:
+        raise RuntimeError(f"the two ways stored different data: {seq['rows']} vs "
+                           f"{farm['rows']} rows")
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency", type=float, default=0.3,
@@ -165,24 +194,11 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     work = jobs(6 if args.quick else 20)
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in ("sequential", "farm"):
-            with SimGateway(port=0, now=lambda: NOW, latency=args.latency,
-                            pacing=args.pacing) as gw:
-                where = Path(tmp) / name
-                if name == "farm":
-                    result = run_farm(gw.port, work, where, args.workers, args.pacing)
-                else:
-                    result = run_sequential(gw.port, work, where)
-                stats = gw.stats()
-                result["gateway_requests"] = stats["requests"].get("historical", 0)
-                result["pacing_violations"] = stats["pacing_violations"]
-                result["max_open"] = stats["max_open_requests"]
-                results[name] = result
+    try:
+        results = compare(work, args.latency, args.workers, args.pacing)
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
     seq, farm = results["sequential"], results["farm"]
-    if seq["rows"] != farm["rows"]:
-        raise SystemExit(f"the two ways stored different data: {seq['rows']} vs {farm['rows']}")
     ratio = seq["wall_s"] / farm["wall_s"]
     if args.json:
         print(json.dumps({"jobs": len(work), "latency_s": args.latency, **results,  # noqa: T201

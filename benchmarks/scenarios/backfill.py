@@ -4,9 +4,7 @@ both must store the same bars."""
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 from benchmarks.contenders import Contender
 from benchmarks.scenarios.base import SIM_NOW, Context, Metric, Row, Scenario
@@ -46,25 +44,13 @@ class Backfill(Scenario):
 
     def run(self, contenders: list[Contender]) -> dict[str, dict]:
         from benchmarks import bench_backfill
-        from ibfarm.sim import SimGateway
 
         p = self.p
-        work = bench_backfill.jobs(p.jobs)
-        out: dict[str, dict] = {}
-        with tempfile.TemporaryDirectory() as tmp:
-            for name in ("old-serial", "farm-dm"):
-                with SimGateway(port=0, now=lambda: SIM_NOW, latency=p.latency_s,
-                                pacing=p.pacing) as gw:
-                    where = Path(tmp) / name
-                    if name == "farm-dm":
-                        r = bench_backfill.run_farm(gw.port, work, where, p.workers, p.pacing)
-                    else:
-                        r = bench_backfill.run_sequential(gw.port, work, where)
-                    stats = gw.stats()
-                out[name] = {"wall_s": r["wall_s"], "rows": r["rows"],
-                             "requests": stats["requests"].get("historical", 0),
-                             "violations": stats["pacing_violations"]}
-        if out["old-serial"]["rows"] != out["farm-dm"]["rows"]:
-            raise RuntimeError(f"the two ways stored different data: {out}")
+        both = bench_backfill.compare(bench_backfill.jobs(p.jobs), p.latency_s, p.workers,
+                                      p.pacing, now=SIM_NOW)
+        out = {name: {"wall_s": both[way]["wall_s"], "rows": both[way]["rows"],
+                      "requests": both[way]["gateway_requests"],
+                      "violations": both[way]["pacing_violations"]}
+               for name, way in (("old-serial", "sequential"), ("farm-dm", "farm"))}
         out["farm-dm"]["speedup"] = out["old-serial"]["wall_s"] / out["farm-dm"]["wall_s"]
         return out
