@@ -158,11 +158,6 @@ def frame_of(bars) -> pd.DataFrame:
     return frame if frame is not None else pd.DataFrame()
 
 
-async def fetch_on(ib: IB, request: BarRequest, pacer: SharedPacer | None) -> pd.DataFrame:
-    """One request on a connected ``IB``, paced, as a DataFrame (empty if no bars)."""
-    return frame_of(await bars_on(ib, request, pacer))
-
-
 async def _current_time(ib: IB):
     return await ib.reqCurrentTimeAsync()
 

@@ -160,10 +160,6 @@ class TradingHours:
     sessions: tuple[TradingSession, ...] = ()
     closed: tuple[date, ...] = ()
 
-    def dates(self) -> list[date]:
-        """Every date the string speaks of (trading or closed), sorted."""
-        return sorted({s.trading_date for s in self.sessions} | set(self.closed))
-
 
 def parse_hours(hours: str, time_zone: str | None, exchange: str | None = None) -> TradingHours:
     """IB's ``tradingHours`` / ``liquidHours`` string, parsed in one pass.

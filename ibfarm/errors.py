@@ -274,7 +274,10 @@ def classify(code: int, message: str = "") -> ErrorKind:
 
     Unknown codes are notices in IB's warning range (2100-2199) and ``RETRYABLE`` otherwise.
     """
-    rule = lookup(code, message)
+    return _kind(code, lookup(code, message))
+
+
+def _kind(code: int, rule: Rule | None) -> ErrorKind:
     if rule is not None:
         return rule.kind
     return ErrorKind.INFO if code in WARNING_RANGE else ErrorKind.RETRYABLE
@@ -403,6 +406,6 @@ EXCEPTION_BY_KIND: dict[ErrorKind, type[IbError]] = {
 
 def error_from(code: int, message: str) -> IbError:
     """Build the exception IB error ``code`` with ``message`` stands for."""
-    kind = classify(code, message)
     rule = lookup(code, message)
+    kind = _kind(code, rule)
     return EXCEPTION_BY_KIND[kind](code, message, kind, rule.hint if rule else None)

@@ -278,11 +278,6 @@ class Waiter:
         self._first_block: float | None = None
         self._seen: set[Rule] = set()
 
-    @property
-    def waiting_since(self) -> float | None:
-        """When it was first blocked (monotonic), None if never."""
-        return self._first_block
-
     def poll(self) -> Grant | None:
         """The grant if the rules allow it now (taking it), else None (see ``eta``)."""
         if self.granted is not None:

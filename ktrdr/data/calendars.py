@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from functools import lru_cache
 
 import numpy as np
@@ -135,7 +135,7 @@ def schedule(name: str) -> ExchangeSchedule | None:
     first = frame.index[0].date()
     last = frame.index[-1].date()
     log.debug("exchange calendar %s: %d sessions %s .. %s", name, len(days), first, last)
-    return ExchangeSchedule(name, str(cal.tz), first, last + timedelta(days=0), days)
+    return ExchangeSchedule(name, str(cal.tz), first, last, days)
 
 
 __all__ = ["EXCHANGE_CALENDARS", "FX_CLOSED", "ExchangeSchedule", "calendar_name",

@@ -206,10 +206,6 @@ class ContractInfo:
     def primary_exchange(self) -> str:
         return str(self.extra.get("primary_exchange") or "")
 
-    def session_dates(self) -> list[date]:
-        """Trading dates of ``sessions``."""
-        return sorted({date.fromisoformat(d) for _, _, d in self.sessions})
-
     def to_dict(self) -> dict[str, Any]:
         data = {k: getattr(self, k) for k in self.__dataclass_fields__}
         data["sessions"] = [list(s) for s in self.sessions]

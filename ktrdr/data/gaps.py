@@ -197,9 +197,6 @@ class SessionCalendar:
         pieces = self.day_sessions(day)
         return pieces[0][0], pieces[-1][1]
 
-    def last_close(self, day: date) -> int:
-        return self.day_sessions(day)[-1][1]
-
     def trading_dates(self, first: date, last: date) -> list[date]:
         """Trading dates from ``first`` to ``last`` inclusive."""
         out, day = [], first

@@ -127,7 +127,7 @@ def migrate_flat_layout(data_dir: str | os.PathLike | Location | None) -> Migrat
             if store is None:
                 store = stores[source] = BarStore(location, source, migrate=False)
             item.rows, item.ranges = len(frame), len(fetched)
-            frame = _restamp(frame, timeframe, zones.get(symbol) or _default_zone(symbol))
+            frame = _restamp(frame, timeframe, zones.get(symbol) or DEFAULT_ZONE)
             item.target = str(_convert(store, symbol, timeframe, frame, fetched, meta))
             _move_aside(location, entry, backup)
         except FileNotFoundError:
@@ -194,10 +194,9 @@ def _cached_zones(location: Location, caches: list[Entry]) -> dict[str, str]:
     return zones
 
 
-def _default_zone(symbol: str) -> str:
-    """The zone of a flat-layout symbol the cache does not know: the first layout knew US
-    listings (New York) and forex pairs (IDEALPRO keeps New York time)."""
-    return "America/New_York"
+#: The zone of a flat-layout symbol the cache does not know: the first layout knew US listings
+#: (New York) and forex pairs (IDEALPRO keeps New York time).
+DEFAULT_ZONE = "America/New_York"
 
 
 def _restamp(frame: Any, timeframe: str, zone: str) -> Any:

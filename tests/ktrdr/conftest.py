@@ -91,14 +91,3 @@ def model_bars(sim, symbol: str, sec_type: str, bar_size: str, start: datetime, 
         stamps = days.tz_localize(zone).tz_convert("UTC").as_unit("s").asi8
         bars = dataclasses.replace(bars, time=np.asarray(stamps, dtype=np.int64))
     return bars
-
-
-def zone_of(sim, symbol: str, sec_type: str) -> str:
-    """The IANA zone of a model instrument."""
-    root, _, exchange = symbol.partition("@")
-    if sec_type == "CASH":
-        base, quote = root.split(".")
-        inst = sim.market.resolve(symbol=base, sec_type="CASH", currency=quote)[0]
-    else:
-        inst = sim.market.resolve(symbol=root, sec_type=sec_type, exchange=exchange)[0]
-    return iana_zone(inst.time_zone, inst.primary_exchange or inst.exchange)
