@@ -236,17 +236,11 @@ def _fetch(request, gateway: clikit.Gateway, timeout: float):
                               f"the gateway is slow); try a larger --timeout") from None
         except IbError as exc:
             if exc.kind is ErrorKind.CONNECTION:
-                raise clikit.fail(clikit.unreachable(gateway, _reason(exc.message))) from None
+                reason = clikit.connection_gist(exc.message)
+                raise clikit.fail(clikit.unreachable(gateway, reason)) from None
             # IB refused the request's parameters: the user's input (exit 2), with IB's hint
             code = clikit.EXIT_USAGE if exc.kind is ErrorKind.INVALID_REQUEST else 1
             raise clikit.fail(f"{exc} ({exc.kind.value}); {exc.hint}", code) from None
-
-
-def _reason(message: str) -> str:
-    """The gist of a connection error: "connection refused", or its first sentence."""
-    if "refused" in message.lower():
-        return "connection refused"
-    return message.split(". ", 1)[0].rstrip(".")
 
 
 def _show(table, request, target: Path | None) -> None:

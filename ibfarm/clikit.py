@@ -251,6 +251,13 @@ def probe_gateway(gateway: Gateway, timeout: float = 2.0) -> str | None:
     return None if any(r is None for r in reasons) else reasons[0]
 
 
+def connection_gist(message: str) -> str:
+    """The gist of a connection error: "connection refused", or its first sentence."""
+    if "refused" in message.lower():
+        return "connection refused"
+    return message.split(". ", 1)[0].rstrip(".")
+
+
 def unreachable(gateway: Gateway, reason: str) -> str:
     """The one line for a gateway that cannot be reached."""
     ports = ", ".join(str(port) for _, port in gateway.addresses())
@@ -387,4 +394,4 @@ def exit_now(code: int) -> None:
 
 __all__ = ["CommandLine", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "Gateway", "Interrupted",
            "StopOnSignal", "UsageError", "exit_now", "fail", "gateway_address", "probe",
-           "setup_logging", "sim_requested", "unreachable", "version_option"]
+           "setup_logging", "sim_requested", "unreachable", "version_option", "connection_gist"]

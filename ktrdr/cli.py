@@ -124,9 +124,7 @@ def _check_store(data_dir: str | None, sim: bool, writable: bool = True) -> None
     """Stop with ``StoreUnusableError`` (exit 2) before starting anything when the data
     directory cannot be used."""
     from ktrdr.data.store import IB_SOURCE, SIM_SOURCE, BarStore
-    from ktrdr.sim import sim_requested
-
-    source = SIM_SOURCE if sim_requested(sim) else IB_SOURCE
+    source = SIM_SOURCE if clikit.sim_requested(sim) else IB_SOURCE
     BarStore(data_dir, source, migrate=False).check_usable(writable=writable)
 
 
@@ -258,10 +256,7 @@ def _when(value: Any) -> str:
 
 def _connection_reason(exc: BaseException) -> str:
     cause = exc.__cause__ if exc.__cause__ is not None else exc
-    text = str(getattr(cause, "message", None) or cause)
-    if "refused" in text.lower():
-        return "connection refused"
-    return text.split(". ", 1)[0].rstrip(".")
+    return clikit.connection_gist(str(getattr(cause, "message", None) or cause))
 
 
 def _fail(exc: BaseException, gateway: Any = None) -> typer.Exit:
@@ -629,13 +624,12 @@ def query(sql: Annotated[str, typer.Argument(help="SQL over the view `bars`.",
     """
     from ktrdr.data.query import QueryError, run_query
     from ktrdr.data.store import IB_SOURCE, SIM_SOURCE, BarStore
-    from ktrdr.sim import sim_requested
 
     if fmt not in ("table", "csv", "json"):
         raise _say(f"unknown format {fmt!r}; use table, csv or json", 2)
     try:
         _check_store(data_dir, sim, writable=False)
-        store = BarStore(data_dir, SIM_SOURCE if sim_requested(sim) else IB_SOURCE)
+        store = BarStore(data_dir, SIM_SOURCE if clikit.sim_requested(sim) else IB_SOURCE)
         result = run_query(store, sql)
     except QueryError as exc:
         raise _say(str(exc), 2) from None

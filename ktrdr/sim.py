@@ -8,7 +8,6 @@ without IB. Data fetched this way is marked ``source="sim"`` in the store.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -19,11 +18,6 @@ from ibfarm.sim.latency import check_latency
 from ktrdr.data.ib_data_adapter import IbDataAdapter
 
 log = logging.getLogger(__name__)
-
-
-def sim_requested(flag: bool = False) -> bool:
-    """``--sim`` given, or ``IB_GATEWAY=sim`` in the environment."""
-    return flag or os.environ.get("IB_GATEWAY", "").strip().lower() == "sim"
 
 
 LATENCY_FORMS = "seconds (0.3), 'ib' (the model of IB's answer times) or 'ib/F' (it divided by F)"

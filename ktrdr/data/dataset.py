@@ -46,11 +46,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ktrdr.data.external_data_interface import OHLCV_COLUMNS
+from ktrdr.data.external_data_interface import BAR_COLUMNS, OHLCV_COLUMNS
 
 UTC = timezone.utc
-#: The bar columns after ``timestamp``, in file order.
-BAR_COLUMNS = (*OHLCV_COLUMNS, "wap", "bar_count")
 _FLOAT_COLUMNS = (*OHLCV_COLUMNS, "wap")
 TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
 SCHEMA = pa.schema([

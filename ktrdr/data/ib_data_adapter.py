@@ -42,6 +42,7 @@ from ibfarm import BarRequest, FarmConfig, IbFarm, make_contract
 from ibfarm.backend import IB, Contract
 from ibfarm.contracts import iana_zone, parse_hours
 from ibfarm.errors import ErrorKind, IbError
+from ktrdr.data.dataset import empty_frame
 from ktrdr.data.external_data_interface import (
     BAR_COLUMNS,
     OHLCV_COLUMNS,
@@ -249,14 +250,6 @@ def bars_to_frame(table: pa.Table, timeframe: str = "1h", zone: str = "UTC") -> 
         out["bar_count"] = frame["bar_count"].astype("Int64").mask(no_count)
     out = out[~out.index.duplicated(keep="last")].sort_index()
     return out
-
-
-def empty_bars() -> pd.DataFrame:
-    index = pd.DatetimeIndex([], tz="UTC", name="timestamp").as_unit("ns")
-    frame = pd.DataFrame({c: pd.Series(dtype="float64") for c in (*OHLCV_COLUMNS, "wap")},
-                         index=index)
-    frame["bar_count"] = pd.Series(dtype="Int64")
-    return frame
 
 
 class IbDataAdapter(ExternalDataProvider):
@@ -513,7 +506,7 @@ class IbDataAdapter(ExternalDataProvider):
             error.partial = sorted(landed, key=lambda piece: piece[0])
             raise error
         frames = [f for _, _, f in sorted(landed, key=lambda piece: piece[0]) if len(f)]
-        frame = pd.concat(frames) if frames else empty_bars()
+        frame = pd.concat(frames) if frames else empty_frame()
         frame = frame[~frame.index.duplicated(keep="last")].sort_index()
         frame.attrs["requests"] = counter[0]
         return frame
