@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -21,19 +20,13 @@ import psutil
 import pytest
 
 from ibfarm.sim import SimGateway
-from tests.cli_helpers import living
+from tests.cli_helpers import clean_env, free_port, living
 from tests.conftest import gateways
 from tests.conftest import wait_until as poll_until
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Every wait in these tests ends within this many seconds.
 WAIT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = WAIT, every: float = 0.05,
@@ -53,10 +46,8 @@ class ApiServer:
         self.data_dir = data_dir
         self.log_path = log_path
         self.token = token
-        environ = {k: v for k, v in os.environ.items()
-                   if not k.startswith(("IBFARM_", "KTRDR_", "IB_"))}
-        environ.update(IB_HOST="127.0.0.1", IB_PORT=str(gateway_port),
-                       KTRDR_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
+        environ = clean_env(IB_HOST="127.0.0.1", IB_PORT=str(gateway_port),
+                            KTRDR_DATA_DIR=str(data_dir))
         environ.update(env)
         if token:
             environ["KTRDR_API_TOKEN"] = token

@@ -10,14 +10,12 @@ and fifty are open at the gateway.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 
-import numpy as np
 import pytest
 
 from ktrdr.data.store import BarStore
 from tests.api.conftest import wait_until
-from tests.ktrdr.conftest import model_bars
+from tests.ktrdr.conftest import assert_stored_bars_are_the_models
 
 SYMBOLS = ["AAPL", "MSFT"]
 #: Ten years of 1-minute bars, a week per request: about 1,040 requests.
@@ -43,23 +41,6 @@ def farm_idle(api) -> dict | None:
     idle = farm["pending"] == 0 and farm["in_flight"] == 0 and \
         pacer.get("open", 0) == 0 and pacer.get("waiting", 0) == 0
     return status if idle else None
-
-
-def assert_stored_bars_are_ibs(store: BarStore, gateway, symbol: str) -> int:
-    """Every stored bar is the market model's, and every range recorded as fetched holds all
-    the model's bars there (nothing half-saved). Returns the bars stored."""
-    stored = store.read(symbol, "1m")
-    stamps = stored.frame.index.as_unit("s").asi8
-    for a, b in stored.fetched:
-        model = model_bars(gateway, symbol, "STK", "1 min", datetime.fromtimestamp(a, timezone.utc),
-                           datetime.fromtimestamp(b, timezone.utc))
-        inside = stamps[(stamps >= a) & (stamps < b)]
-        np.testing.assert_array_equal(inside, model.time)
-        where = np.searchsorted(stamps, model.time)
-        np.testing.assert_array_equal(stored.frame["close"].to_numpy()[where], model.close)
-    assert len(stamps) == sum(int(((stamps >= a) & (stamps < b)).sum())
-                              for a, b in stored.fetched)  # no bar outside a fetched range
-    return len(stamps)
 
 
 def test_cancelling_a_large_backfill_empties_the_farm_and_keeps_what_landed(api, gateway):
@@ -88,7 +69,8 @@ def test_cancelling_a_large_backfill_empties_the_farm_and_keeps_what_landed(api,
                          .startswith("stopped") and o, what="the operation's task to end")
     assert stopped["status"] == "cancelled" and stopped["error"]["kind"] == "cancelled"
     store = BarStore(api.data_dir, source="ib")
-    stored = {s: assert_stored_bars_are_ibs(store, gateway, s) for s in SYMBOLS}
+    stored = {s: assert_stored_bars_are_the_models(store, gateway, s, "1m", "1 min", "STK")
+              for s in SYMBOLS}
     assert sum(stored.values()) >= stopped["progress"]["bars"] > 0
     assert api.client.get("/data/AAPL/1m").json()["count"] == stored["AAPL"]
 

@@ -7,6 +7,7 @@ import asyncio
 import multiprocessing.forkserver
 import threading
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 
 import psutil
 import pyarrow as pa
@@ -17,10 +18,21 @@ from ibfarm.backend import IB, util
 from ibfarm.bars import BAR_SCHEMA, BarRequest
 from ibfarm.contracts import make_contract
 from ibfarm.sim import SimGateway
-from tests.conftest import gateways, wait_until
+from tests.conftest import NOW, gateways, wait_until
 
 #: Every wait in these tests ends within this many seconds.
 WAIT = 20.0
+
+#: The stocks of the simulator's market, for spreading requests over contracts.
+SYMBOLS = ("AAPL", "MSFT", "SPY", "IBM", "NVDA", "TSLA", "AMZN", "GOOGL")
+#: The day before the shared clock's day: the end of the requests below.
+END = NOW - timedelta(days=1)
+
+
+def hourly(n: int) -> list[BarRequest]:
+    """``n`` distinct one-day requests of hourly bars (large bars: no small-bar rules)."""
+    return [BarRequest(SYMBOLS[i % len(SYMBOLS)], "1 hour", "1 D",
+                       end=END - timedelta(days=i // len(SYMBOLS))) for i in range(n)]
 
 
 def worker_processes() -> list[psutil.Process]:

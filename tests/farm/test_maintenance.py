@@ -4,21 +4,9 @@ window, not timed out, and finished afterwards."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
 
-from ibfarm import BarRequest
-from tests.conftest import NOW
-from tests.farm.conftest import WAIT, wait_until
-
-END = NOW - timedelta(days=1)
-SYMBOLS = ("AAPL", "MSFT", "SPY", "IBM", "NVDA", "TSLA", "AMZN", "GOOGL")
-
-
-def hourly(n: int) -> list[BarRequest]:
-    return [BarRequest(SYMBOLS[i % len(SYMBOLS)], "1 hour", "1 D",
-                       end=END - timedelta(days=i // len(SYMBOLS))) for i in range(n)]
+from tests.farm.conftest import WAIT, hourly, wait_until
 
 
 @pytest.mark.parametrize("data_lost", [False, True], ids=["1102", "1101"])

@@ -8,7 +8,6 @@ import os
 import signal
 import threading
 import time
-from datetime import timedelta
 
 import pytest
 
@@ -16,24 +15,15 @@ from ibfarm import BarRequest, IbFarm
 from ibfarm.errors import InvalidRequestError, RequestTimeoutError
 from ibfarm.pacing import PacingPolicy
 from tests.cli_helpers import pacer_segment
-from tests.conftest import NOW
 from tests.farm import fns
-from tests.farm.conftest import WAIT, wait_until, worker_processes
+from tests.farm.conftest import END, WAIT, hourly, wait_until, worker_processes
 
-END = NOW - timedelta(days=1)
-SYMBOLS = ("AAPL", "MSFT", "SPY", "IBM", "NVDA", "TSLA", "AMZN", "GOOGL")
 #: IB's rules ten times faster: 50 messages per 0.1 s, so thousands of requests take seconds.
 FAST_IB = PacingPolicy().scaled(10)
 #: The pacer's margin in these tests: the gateway thread shares two busy cores with the
 #: workers and may read a burst of messages late and all at once; the margin must outlast that
 #: delay (at IB's own 1 s window the default 0.05 s does; at a 0.1 s window it needs more).
 MARGIN = 0.1
-
-
-def hourly(n: int) -> list[BarRequest]:
-    """``n`` distinct one-day requests of hourly bars (large bars: no small-bar rules)."""
-    return [BarRequest(SYMBOLS[i % len(SYMBOLS)], "1 hour", "1 D",
-                       end=END - timedelta(days=i // len(SYMBOLS))) for i in range(n)]
 
 
 def test_thousands_queued_with_a_short_timeout_none_times_out_while_waiting(make_gateway,

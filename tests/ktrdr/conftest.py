@@ -91,3 +91,29 @@ def model_bars(sim, symbol: str, sec_type: str, bar_size: str, start: datetime, 
         stamps = days.tz_localize(zone).tz_convert("UTC").as_unit("s").asi8
         bars = dataclasses.replace(bars, time=np.asarray(stamps, dtype=np.int64))
     return bars
+
+
+def kind_of(symbol: str) -> str:
+    """The model's instrument type of a plain symbol: a forex pair or a stock."""
+    return "CASH" if "." in symbol else "STK"
+
+
+def assert_stored_bars_are_the_models(store, sim, symbol: str, timeframe: str, bar_size: str,
+                                      sec_type: str | None = None) -> int:
+    """Every stored bar of ``symbol`` is the market model's, every range the store recorded as
+    fetched holds all the model's bars there (nothing half-saved), and no bar lies outside
+    those ranges. Returns the bars stored."""
+    stored = store.read(symbol, timeframe)
+    stamps = stored.frame.index.as_unit("s").asi8
+    closes = stored.frame["close"].to_numpy()
+    covered = 0
+    for a, b in stored.fetched:
+        model = model_bars(sim, symbol, sec_type or kind_of(symbol), bar_size,
+                           datetime.fromtimestamp(a, timezone.utc),
+                           datetime.fromtimestamp(b, timezone.utc))
+        inside = (stamps >= a) & (stamps < b)
+        np.testing.assert_array_equal(stamps[inside], model.time, err_msg=symbol)
+        np.testing.assert_array_equal(closes[inside], model.close, err_msg=symbol)
+        covered += int(inside.sum())
+    assert covered == len(stamps), f"{symbol}: bars outside the ranges recorded as fetched"
+    return len(stamps)

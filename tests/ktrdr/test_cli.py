@@ -37,7 +37,7 @@ from tests.cli_helpers import (
 )
 from tests.farm.test_cli_fetch import parameters_without_help
 
-from .conftest import model_bars
+from .conftest import kind_of, model_bars
 from .test_data_manager import assert_matches_model
 
 UTC = timezone.utc
@@ -129,9 +129,8 @@ def test_backfill_killed_mid_way_then_rerun(tmp_path, sim, provider):
     assert 0 < sum(r.requests for r in reports) < len(SYMBOLS) * 24  # killed mid-way
     assert not [p for p in data.rglob(".tmp-*")]
     for symbol in SYMBOLS:
-        kind = "CASH" if "." in symbol else "STK"
         assert_matches_model(store.read(symbol, "1h").frame,
-                             model_bars(sim, symbol, kind, "1 hour", START, END))
+                             model_bars(sim, symbol, kind_of(symbol), "1 hour", START, END))
 
 
 FORMS = "20240102 16:00:00 US/Eastern"  # one of the accepted forms every date error lists

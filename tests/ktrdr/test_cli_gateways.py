@@ -3,23 +3,16 @@ one among them is worked around, and all refused is one line naming them."""
 
 from __future__ import annotations
 
-import socket
-
 from typer.testing import CliRunner
 
 from ibfarm.sim import SimGateway
 from ktrdr.cli import app
 from ktrdr.data.store import BarStore
+from tests.cli_helpers import free_port, one_error_line
 
 from .conftest import NOW
 
 runner = CliRunner()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_ib_gateways_are_used_and_a_refused_one_is_worked_around(tmp_path):
@@ -43,7 +36,7 @@ def test_every_gateway_refused_is_one_line_naming_ib_gateways(tmp_path):
     result = runner.invoke(app, ["data", "load", "MSFT", "1d", "--mode", "full", "--data-dir",
                                  str(tmp_path)], env=env)
     assert result.exit_code == 1
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: cannot connect")
-    assert f"127.0.0.1:{a}, 127.0.0.1:{b} (IB_GATEWAYS)" in lines[0]
-    assert "connection refused" in lines[0] and "--sim" in lines[0]
+    line = one_error_line(result.output)
+    assert line.startswith("error: cannot connect")
+    assert f"127.0.0.1:{a}, 127.0.0.1:{b} (IB_GATEWAYS)" in line
+    assert "connection refused" in line and "--sim" in line

@@ -14,7 +14,7 @@ from ktrdr.data.ib_data_adapter import IbDataAdapter
 from ktrdr.data.store import BarStore
 
 from ..conftest import wait_until
-from .conftest import NOW, model_bars
+from .conftest import NOW, kind_of, model_bars
 from .test_data_manager import assert_matches_model
 
 UTC = timezone.utc
@@ -47,8 +47,7 @@ def test_a_backfill_over_two_gateways_survives_one_restarting(tmp_path):
             assert all(n > 0 for n in served.values()), served
             store = BarStore(tmp_path, source="sim")
             for symbol in SYMBOLS:
-                kind = "CASH" if "." in symbol else "STK"
                 assert_matches_model(store.read(symbol, "1h").frame,
-                                     model_bars(a, symbol, kind, "1 hour", START, END))
+                                     model_bars(a, symbol, kind_of(symbol), "1 hour", START, END))
         finally:
             farm.shutdown(wait=True, cancel_futures=True)
