@@ -909,8 +909,6 @@ class Manager:
                 item.state = ItemState.DONE
                 self._count(item, error)
                 fails.append((item, error, value))
-            sends = self._dispatch()
-        self._flush(sends)
         self._finish(fails)
 
     def _on_interrupted(self, handle: WorkerHandle, msg: Interrupted) -> None:
@@ -949,8 +947,6 @@ class Manager:
                 item.state = ItemState.DONE
                 self._count(item, error)
                 fails.append((item, error, None))
-            sends = self._dispatch()
-        self._flush(sends)
         self._finish(fails)
 
     def _on_state(self, handle: WorkerHandle, msg: StateChanged) -> None:
@@ -982,8 +978,6 @@ class Manager:
                         item.deadline = now + item.paused_left + TIMEOUT_GRACE
                         item.paused_left = None
                         self.next_check = min(self.next_check, item.deadline)
-            sends = self._dispatch()
-        self._flush(sends)
 
     def _on_connect_failed(self, handle: WorkerHandle, msg: ConnectFailed) -> None:
         with self.lock:
@@ -1078,10 +1072,8 @@ class Manager:
                 else:
                     self.totals["retried"] += 1
                     self._requeue(item, now)
-            sends = self._dispatch()
         self._unwatch(handle)
         self._close_handle(handle)
-        self._flush(sends)
         self._finish(fails)
 
     def _expire(self, now: float, sends: Sends, fails: Fails) -> None:
