@@ -68,6 +68,8 @@ class Availability:
                  simulated: bool = False):
         self.probe = probe
         self.farm_status = farm_status
+        #: The farm's status as the last ``check`` read it (None: no farm, or unreadable).
+        self.farm: dict | None = None
         self.simulated = simulated
         self.key = f"{probe.host}:{probe.port}"
         self.state = GatewayState.OK
@@ -93,11 +95,11 @@ class Availability:
 
     async def _farm_lanes(self) -> list[dict]:
         try:
-            status = await asyncio.to_thread(self.farm_status) or {}
+            self.farm = await asyncio.to_thread(self.farm_status)
         except Exception as exc:  # a farm shutting down: no opinion
             log.debug("farm status unavailable: %s", exc)
-            return []
-        return [g for g in status.get("gateways") or [] if isinstance(g, dict)]
+            self.farm = None
+        return [g for g in (self.farm or {}).get("gateways") or [] if isinstance(g, dict)]
 
     def _set(self, state: GatewayState) -> None:
         was, self.state = self.state, state

@@ -49,9 +49,9 @@ async def health(svc: Svc) -> JSONResponse:
     saying why: ``maintenance`` (IB's daily reset: the gateway is up, IB is away; running
     operations wait for it and continue) or ``unreachable`` (the port does not answer: check
     IB Gateway/TWS). Stored data can be read either way."""
-    gateway = await svc.availability.check()
-    workers = await asyncio.to_thread(svc.adapter.farm_status) or {"workers": []}
-    connected = sum(1 for w in workers["workers"] if w["state"] == "ready")
+    gateway = await svc.availability.check()  # it reads the farm's status too
+    workers = (svc.availability.farm or {}).get("workers") or []
+    connected = sum(1 for w in workers if w["state"] == "ready")
     ok = gateway.state == "ok"
     body = Health(status="ok" if ok else "unavailable", state=gateway.state, gateway=gateway,
                   workers_connected=connected, operations_running=svc.operations.running(),
@@ -70,8 +70,8 @@ async def health(svc: Svc) -> JSONResponse:
 async def ib_status(svc: Svc) -> IbStatus:
     """Each worker process (pid, client id, state, requests in flight and served, memory),
     the farm's totals, and the shared pacer's counters (open requests, waits per rule)."""
-    status, gateway = await asyncio.gather(asyncio.to_thread(svc.adapter.farm_status),
-                                           svc.availability.check())
+    gateway = await svc.availability.check()  # it reads the farm's status too
+    status = svc.availability.farm
     if status is None:
         raise ApiError("shutdown", "the connection farm is not running")
     return IbStatus(
