@@ -50,7 +50,7 @@ class Backfill(Scenario):
                                       p.pacing, now=SIM_NOW)
         out = {name: {"wall_s": both[way]["wall_s"], "rows": both[way]["rows"],
                       "requests": both[way]["gateway_requests"],
-                      "violations": both[way]["pacing_violations"]}
+                      "violations": both[way]["violations"]}
                for name, way in (("old-serial", "sequential"), ("farm-dm", "farm"))}
         out["farm-dm"]["speedup"] = out["old-serial"]["wall_s"] / out["farm-dm"]["wall_s"]
         return out
