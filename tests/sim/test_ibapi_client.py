@@ -2,32 +2,21 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from ibapi.contract import Contract
 
 from tests.conftest import NOW
-from tests.sim.ibapiclient import Recorder
+from tests.sim.ibapiclient import Recorder, connected
 
 
 @pytest.fixture
 def app(open_gateway):
-    client = Recorder()
-    client.connect("127.0.0.1", open_gateway.port, clientId=11)
-    thread = threading.Thread(target=client.run, daemon=True)
-    thread.start()
-    assert client.ready.wait(10), "no nextValidId from the gateway"
-    yield client
-    client.disconnect()
-    thread.join(10)
+    with connected(open_gateway.port) as client:
+        yield client
 
 
-def stock(symbol: str) -> Contract:
-    c = Contract()
-    c.symbol, c.secType, c.exchange, c.currency = symbol, "STK", "SMART", "USD"
-    return c
+stock = Recorder.stock
 
 
 def test_negotiates_176(app):
