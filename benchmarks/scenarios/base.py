@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
 
-from benchmarks.contenders import DEFAULT_MARGIN, Contender, make_contenders
+from benchmarks.contenders import DEFAULT_MARGIN, Contender, FarmContender, make_contenders
 from benchmarks.target import SimGatewayProcess
 from ibfarm import BarRequest
 from ibfarm.pacing import PacingPolicy
@@ -206,6 +206,23 @@ def gateway_delta(before: dict | None, after: dict | None) -> dict:
             **breaches(before, after)}
 
 
+#: A farm's own counters a scenario reports per batch, as ``farm_<name>``.
+FARM_COUNTERS = ("requeued", "retried", "timed_out", "failed")
+
+
+def farm_counters(c: Contender) -> dict | None:
+    """A farm contender's totals now (None for a baseline)."""
+    return c.status()["farm"] if isinstance(c, FarmContender) else None
+
+
+def farm_moved(c: Contender, before: dict | None) -> dict:
+    """``farm_<counter>``: how far the farm's own counters moved since ``before``."""
+    if before is None:
+        return {}
+    after = c.status()["farm"]
+    return {f"farm_{k}": after[k] - before[k] for k in FARM_COUNTERS}
+
+
 def measure_each(contenders: list[Contender], measure: Callable[[Contender], dict], *,
                  gateway: Callable[[Contender], Any] | None = None,
                  after: Callable[[Contender], None] | None = None) -> dict[str, dict]:
@@ -314,6 +331,14 @@ class Rig:
         wait = self.last_used + seconds - time.monotonic()
         if wait > 0:
             time.sleep(wait)
+
+    def ready(self, c: Contender, window: float) -> None:
+        """``c`` with every connection up (a farm's workers exit after idle_timeout between
+        repeats, and their handshakes would count against a batch's first window), then a
+        rule window with nothing in it."""
+        c.warm()
+        self.used()
+        self.rest(window + 0.1)
 
     def close(self) -> None:
         for c in self.contenders:

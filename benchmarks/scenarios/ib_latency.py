@@ -33,7 +33,6 @@ from benchmarks.bounds import AnswerBound, answer_bound, in_order_s
 from benchmarks.contenders import (
     Contender,
     DataManagerContender,
-    FarmContender,
     SerialContender,
     make_contenders,
 )
@@ -44,6 +43,8 @@ from benchmarks.scenarios.base import (
     Rig,
     Row,
     Scenario,
+    farm_counters,
+    farm_moved,
     measure_each,
     same_bars,
 )
@@ -208,11 +209,9 @@ class IbLatencyBackfill(Scenario):
         start, end = self.span
 
         def measure(c: Contender) -> dict:
-            c.warm()  # every connection up (workers exit after idle_timeout between repeats)
-            rig.used()
-            rig.rest(p.policy.message_window + 0.1)
+            rig.ready(c, p.policy.message_window)
             before = rig.gateway.stats()["requests"].get("historical", 0)
-            farm_before = c.status()["farm"] if isinstance(c, FarmContender) else None
+            farm_before = farm_counters(c)
             if isinstance(c, DataManagerContender):
                 with tempfile.TemporaryDirectory(prefix="bench-ib-latency-") as where:
                     t = time.perf_counter()
@@ -233,11 +232,7 @@ class IbLatencyBackfill(Scenario):
             row["gateway_requests"] = rig.gateway.stats()["requests"].get("historical",
                                                                           0) - before
             row.update(wall_s=wall, bound_s=bound.total_s, wall_per_bound=wall / bound.total_s)
-            if farm_before is not None:  # the farm's own counters over the batch
-                farm_after = c.status()["farm"]
-                row.update({f"farm_{k}": farm_after[k] - farm_before[k]
-                            for k in ("requeued", "retried", "timed_out", "failed")})
-            return row
+            return row | farm_moved(c, farm_before)
 
         out = measure_each(order, measure, gateway=lambda c: rig.gateway,
                            after=lambda c: rig.used())

@@ -31,6 +31,8 @@ from benchmarks.scenarios.base import (
     ScaleTier,
     Scenario,
     close_all,
+    farm_counters,
+    farm_moved,
     measure_each,
     weekly,
 )
@@ -165,24 +167,15 @@ class Scale(Scenario):
 
             def measure(c: Contender, requests=requests, timeout=timeout, bound=bound,
                         rig=rig, policy=policy) -> dict:
-                # connections up (a farm's workers exit after idle_timeout between repeats,
-                # and their handshakes would count against the batch's first window), then
-                # a message window with nothing in it
-                c.warm()
-                rig.used()
-                rig.rest(policy.message_window + 0.1)
-                before = c.status()["farm"] if isinstance(c, FarmContender) else None
+                rig.ready(c, policy.message_window)
+                before = farm_counters(c)
                 t = time.perf_counter()
                 tally = c.tally(requests, timeout)
                 wall = time.perf_counter() - t
                 row = tally.metrics() | {
                     "wall_s": wall, "bound_s": bound.total_s,
                     "wall_per_bound": wall / bound.total_s, "req_per_s": tally.answered / wall}
-                if before is not None:  # the farm's own counters over the batch
-                    after = c.status()["farm"]
-                    row.update({f"farm_{k}": after[k] - before[k]
-                                for k in ("requeued", "retried", "timed_out", "failed")})
-                return row
+                return row | farm_moved(c, before)
 
             rows = measure_each(go, measure, gateway=lambda c, rig=rig: rig.gateway,
                                 after=lambda c, rig=rig: rig.used())
