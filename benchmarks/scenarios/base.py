@@ -206,6 +206,12 @@ def gateway_delta(before: dict | None, after: dict | None) -> dict:
             **breaches(before, after)}
 
 
+def arrival_rate(stamps: list[float], burst: int) -> float:
+    """Requests a second a gateway accepted after the free ``burst`` of the rules' first
+    window: the rest over the time from the first arrival to the last (``stamps`` sorted)."""
+    return (len(stamps) - burst) / (stamps[-1] - stamps[0])
+
+
 #: A farm's own counters a scenario reports per batch, as ``farm_<name>``.
 FARM_COUNTERS = ("requeued", "retried", "timed_out", "failed")
 

@@ -15,6 +15,7 @@ from benchmarks.scenarios.base import (
     Metric,
     Rig,
     Scenario,
+    arrival_rate,
     close_all,
     measure_each,
     minutely,
@@ -129,7 +130,7 @@ class PacingBound(Scenario):
             frames = c.fetch(self.requests, timeout)
             wall = time.perf_counter() - t
             seen = sorted(rig.gateway.arrivals())
-            rate = (len(seen) - first) / (seen[-1] - seen[0])
+            rate = arrival_rate(seen, first)
             return {"requests": len(frames), "wall_s": wall, "rate": rate,
                     "wall_rate": (len(self.requests) - first) / wall,
                     "of_bound": rate / (policy.window_max / policy.window)}

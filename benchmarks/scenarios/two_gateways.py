@@ -27,8 +27,10 @@ from benchmarks.scenarios.base import (
     Rig,
     Row,
     Scenario,
+    arrival_rate,
     breaches,
     close_all,
+    measure_each,
     minutely,
 )
 from ibfarm.pacing import PacingPolicy
@@ -119,12 +121,8 @@ class TwoGateways(Scenario):
     def run(self, contenders: list[Contender]) -> dict[str, dict]:
         order = list(SETUPS) if self.repeat % 2 == 0 else list(reversed(SETUPS))
         self.repeat += 1
-        out: dict[str, dict] = {}
-        for name in order:
-            try:
-                out[name] = self._measure(name)
-            except Exception as exc:  # that row's failure; the other still runs
-                out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        # the farms are named after their rows; a row's failure leaves the other to run
+        out = measure_each([self.farms[name] for name in order], lambda f: self._measure(f.name))
         if "rate" in out.get("one", {}) and "rate" in out.get("two", {}):
             out["two"]["vs_one"] = out["two"]["rate"] / out["one"]["rate"]
         return out
@@ -146,8 +144,7 @@ class TwoGateways(Scenario):
                 rig.used()
         seen = [rig.gateway.arrivals() for rig in rigs]
         stamps = sorted(s for one in seen for s in one)
-        burst = len(rigs) * policy.window_max
-        rate = (len(stamps) - burst) / (stamps[-1] - stamps[0])
+        rate = arrival_rate(stamps, len(rigs) * policy.window_max)
         row = tally.metrics() | {
             "wall_s": wall, "rate": rate, "wall_req_per_s": tally.answered / wall,
             "of_bound": rate / (len(rigs) * policy.window_max / policy.window),
