@@ -480,7 +480,11 @@ class IbDataAdapter(ExternalDataProvider):
                             end: datetime, instrument_type: str | None = None
                             ) -> list[tuple[datetime, datetime]]:
         timeframe, start, end = self._check(timeframe, start, end)
-        resolved = await self._resolve(symbol, instrument_type)
+        return self._plan(await self._resolve(symbol, instrument_type), timeframe, start, end)
+
+    def _plan(self, resolved: _Resolved, timeframe: str, start: datetime, end: datetime
+              ) -> list[tuple[datetime, datetime]]:
+        """``[start, end)`` in the pieces one request each asks for."""
         return [(max(seg.start, start), seg.end) for seg in
                 segments(timeframe, start, end, resolved.calendar, self.max_bars)]
 
@@ -489,8 +493,7 @@ class IbDataAdapter(ExternalDataProvider):
                                     ) -> pd.DataFrame:
         timeframe, start, end = self._check(timeframe, start, end)
         resolved = await self._resolve(symbol, instrument_type)
-        plan = [(max(seg.start, start), seg.end) for seg in
-                segments(timeframe, start, end, resolved.calendar, self.max_bars)]
+        plan = self._plan(resolved, timeframe, start, end)
         landed: list[tuple[datetime, datetime, pd.DataFrame]] = []
         counter = [0]
         log.debug("%s %s: %d segment(s) for %s .. %s", symbol, timeframe, len(plan), start, end)
